@@ -1,0 +1,109 @@
+"""Handler options: defaults < ``settings.REDIS_LOGSTREAM`` < keyword arguments.
+
+Every option can be given to the handler (``RedisLogHandler(url=...)`` or
+a LOGGING dictConfig entry) or site-wide in ``settings.REDIS_LOGSTREAM``
+with upper-case keys.  Values are checked once, when the handler is built,
+so a typo fails at start-up with the option's name rather than as lost
+records later.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+__all__ = ["DEFAULTS", "OVERFLOW_POLICIES", "Options", "resolve_options", "site_settings"]
+
+OVERFLOW_POLICIES = ("drop-new", "drop-old")
+
+
+@dataclass(frozen=True)
+class Options:
+    """The resolved options of one handler (see docs/configuration.md)."""
+
+    connection: str = "default"
+    url: str | None = None
+    client: Any = None
+    channel_prefix: str = "logs"
+    global_channel: str = "global"
+    stream_prefix: str = "stream:"
+    stream_maxlen: int = 1000
+    context_ttl: int | None = 3600
+    global_ttl: int | None = 86400
+    queue_size: int = 10000
+    overflow: str = "drop-new"
+    batch_size: int = 500
+    flush_interval: float = 0.05
+    shutdown_timeout: float = 2.0
+    max_message_bytes: int = 65536
+    socket_timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        _check_positive_int(self, "stream_maxlen", "queue_size", "batch_size")
+        _check_positive_int(self, "max_message_bytes", minimum=256)
+        for name in ("context_ttl", "global_ttl"):
+            if getattr(self, name) is not None:
+                _check_positive_int(self, name)
+        for name in ("flush_interval", "shutdown_timeout", "socket_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}.")
+        if self.socket_timeout == 0:
+            raise ValueError("socket_timeout must be > 0: 0 would make every read fail.")
+        if self.overflow not in OVERFLOW_POLICIES:
+            raise ValueError(
+                f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, not {self.overflow!r}."
+            )
+        for name in ("channel_prefix", "global_channel", "stream_prefix", "connection"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty str, not {value!r}.")
+        if self.url is not None and not isinstance(self.url, str):
+            raise ValueError(f"url must be a str, not {type(self.url).__name__}.")
+
+
+def _check_positive_int(options: Options, *names: str, minimum: int = 1) -> None:
+    for name in names:
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an int >= {minimum}, not {value!r}.")
+
+
+OPTION_NAMES = tuple(f.name for f in fields(Options))
+DEFAULTS: Mapping[str, Any] = {f.name: f.default for f in fields(Options)}
+
+
+def _unknown(name: str, source: str) -> TypeError:
+    close = difflib.get_close_matches(name.lower(), OPTION_NAMES, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return TypeError(f"Unknown redis_logstream option {name!r} in {source}.{hint}")
+
+
+def site_settings() -> dict[str, Any]:
+    """``settings.REDIS_LOGSTREAM`` with lower-case keys, or {} outside Django."""
+    try:
+        from django.conf import settings
+    except ImportError:
+        return {}
+    if not settings.configured:
+        return {}
+    raw = getattr(settings, "REDIS_LOGSTREAM", None) or {}
+    if not isinstance(raw, Mapping):
+        raise TypeError(f"settings.REDIS_LOGSTREAM must be a dict, not {type(raw).__name__}.")
+    return {str(key).lower(): value for key, value in raw.items()}
+
+
+def resolve_options(overrides: Mapping[str, Any] | None = None) -> Options:
+    """Merge defaults, site settings and ``overrides``; raise on any bad name or value."""
+    merged: dict[str, Any] = {}
+    for source, values in (
+        ("settings.REDIS_LOGSTREAM", site_settings()),
+        ("the handler's arguments", dict(overrides or {})),
+    ):
+        for name, value in values.items():
+            if name not in OPTION_NAMES:
+                raise _unknown(name, source)
+            merged[name] = value
+    return Options(**merged)

@@ -1,0 +1,127 @@
+"""The handler's own Redis client.
+
+The handler never borrows the cache's connection pool: the site's requests
+use that one, and a handler that blocked on it, or that its retries
+re-sent whole batches through, would slow the very code it serves.  It
+builds a pool of its own from the same place (a ``client``, a ``url`` or a
+django-redis cache alias), with short socket timeouts and no client-side
+retries: the shipper alone decides when to try again.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .conf import Options
+
+__all__ = ["ConfigurationError", "client_factory", "pool_kwargs"]
+
+
+class ConfigurationError(ValueError):
+    """The handler cannot tell which Redis to write to."""
+
+
+def pool_kwargs(socket_timeout: float) -> dict[str, Any]:
+    """What the handler's pool adds to any URL or cache settings."""
+    return {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_timeout,
+        "socket_keepalive": True,
+        "retry": Retry(NoBackoff(), 0),
+        "retry_on_timeout": False,
+        "health_check_interval": 0,
+        "max_connections": 4,
+    }
+
+
+def client_from_url(url: str, socket_timeout: float, **extra: Any) -> redis.Redis:
+    """A client with its own pool for ``url`` (redis://, rediss://, unix://)."""
+    pool = redis.ConnectionPool.from_url(url, **{**extra, **pool_kwargs(socket_timeout)})
+    return redis.Redis(connection_pool=pool)
+
+
+def _cache_settings(alias: str) -> Mapping[str, Any]:
+    try:
+        from django.conf import settings
+    except ImportError as exc:
+        raise ConfigurationError(
+            "RedisLogHandler needs url= or client= when Django is not installed."
+        ) from exc
+    if not settings.configured:
+        raise ConfigurationError(
+            "RedisLogHandler needs url= or client= when Django settings are not configured "
+            f"(it would otherwise read the cache alias {alias!r} from settings.CACHES)."
+        )
+    caches = getattr(settings, "CACHES", {}) or {}
+    if alias not in caches:
+        known = ", ".join(sorted(caches)) or "none"
+        raise ConfigurationError(
+            f"RedisLogHandler: settings.CACHES has no alias {alias!r} (aliases: {known}). "
+            "Set REDIS_LOGSTREAM['CONNECTION'] to a django-redis cache alias, or give url=."
+        )
+    return caches[alias]
+
+
+def _client_from_cache(alias: str, socket_timeout: float) -> redis.Redis:
+    """A client of our own built from a django-redis (or Django) cache's settings."""
+    cache = _cache_settings(alias)
+    location = cache.get("LOCATION")
+    if isinstance(location, str):
+        location = location.split(",")[0].strip()  # django-redis: primary first
+    elif isinstance(location, (list, tuple)) and location:
+        location = location[0]
+    if not isinstance(location, str) or "://" not in location:
+        raise ConfigurationError(
+            f"RedisLogHandler: CACHES[{alias!r}]['LOCATION'] is not a redis URL "
+            f"({location!r}); give url= instead."
+        )
+    options = {str(k).upper(): v for k, v in (cache.get("OPTIONS") or {}).items()}
+    extra: dict[str, Any] = {}
+    if options.get("PASSWORD"):
+        extra["password"] = options["PASSWORD"]
+    for key, value in (options.get("CONNECTION_POOL_KWARGS") or {}).items():
+        if key in {"username", "password", "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile",
+                   "ssl_keyfile", "ssl_check_hostname", "db", "protocol"}:
+            extra[key] = value
+    return client_from_url(location, socket_timeout, **extra)
+
+
+def client_factory(options: Options) -> Callable[[], Any]:
+    """Check the connection options now; return what builds the client later.
+
+    The client is built in the worker, on the first write, so configuring
+    logging never touches the network; a missing alias or URL fails here,
+    at configuration time, where it is easy to see.
+    """
+    timeout = options.socket_timeout
+    if options.client is not None:
+        client = options.client
+        if isinstance(client, str):
+            client = _import(client)
+        return (lambda: client()) if _is_factory(client) else (lambda: client)
+    if options.url is not None:
+        url = options.url
+        if "://" not in url:
+            raise ConfigurationError(f"RedisLogHandler: url={url!r} is not a redis:// URL.")
+        return lambda: client_from_url(url, timeout)
+    alias = options.connection
+    _cache_settings(alias)
+    return lambda: _client_from_cache(alias, timeout)
+
+
+def _import(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigurationError(f"RedisLogHandler: cannot import client={path!r}: {exc}") from exc
+
+
+def _is_factory(client: Any) -> bool:
+    return callable(client) and not hasattr(client, "connection_pool")

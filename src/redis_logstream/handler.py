@@ -1,0 +1,149 @@
+"""RedisLogHandler: the logging side, and nothing more.
+
+``emit`` formats the record once, reads the log context once and appends a
+small tuple to the shipper's buffer.  It takes no lock, makes no system
+call and encodes no JSON: the caller pays little more than formatting, and
+a slow or dead Redis is never felt by the code that logs.  Encoding,
+batching, Redis and retries happen in the shipper's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .conf import Options, resolve_options
+from .connection import client_factory
+from .context import INTERNAL, user_id_context
+from .naming import Names
+from .shipper import Shipper
+from .sink import RedisSink
+from .wire import Encoder
+
+__all__ = ["RedisLogHandler"]
+
+_get_context = user_id_context.get
+
+
+class RedisLogHandler(logging.Handler):
+    """Send log records to Redis pub/sub channels and capped streams.
+
+    Every option of ``settings.REDIS_LOGSTREAM`` can be given here as a
+    keyword argument (lower-case), and wins over the setting; see
+    docs/configuration.md.  From a LOGGING dict::
+
+        "handlers": {"redis": {"class": "redis_logstream.RedisLogHandler",
+                               "level": "INFO", "connection": "default"}}
+
+    In a plain script, without Django settings, give ``url=`` or ``client=``.
+    """
+
+    def __init__(self, level: int | str = logging.NOTSET, **options: Any) -> None:
+        super().__init__(level)
+        self.options: Options = resolve_options(options)
+        opts = self.options
+        self.names = Names(opts.channel_prefix, opts.global_channel, opts.stream_prefix)
+        sink = RedisSink(
+            client_factory(opts),
+            self.names,
+            stream_maxlen=opts.stream_maxlen,
+            context_ttl=opts.context_ttl,
+            global_ttl=opts.global_ttl,
+        )
+        self.shipper = Shipper(
+            sink,
+            Encoder(opts.max_message_bytes),
+            queue_size=opts.queue_size,
+            overflow=opts.overflow,
+            batch_size=opts.batch_size,
+            flush_interval=opts.flush_interval,
+            shutdown_timeout=opts.shutdown_timeout,
+        )
+
+    def handle(self, record: logging.LogRecord) -> Any:
+        # logging.Handler.handle wraps emit in the handler's lock; emit
+        # needs none (the buffer is thread-safe), and a lock per record is
+        # a cost every caller would pay.
+        rv = self.filter(record)
+        if isinstance(rv, logging.LogRecord):  # Python 3.12+: a filter may replace it
+            record = rv
+        if rv:
+            self.emit(record)
+        return rv
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            context = _get_context()
+            if context is INTERNAL:
+                return  # logged while shipping: never back into the buffer
+            shipper = self.shipper
+            buffer = shipper.buffer
+            item = (self.format(record), record.levelno, record.created, record.name, context)
+            if len(buffer) < shipper.room:
+                buffer.append(item)
+                if shipper.idle:
+                    shipper.wake()
+            else:
+                shipper.overflow(item)
+        except Exception:
+            self._emit_fallback(record)
+
+    def _emit_fallback(self, record: logging.LogRecord) -> None:
+        """The record could not be formatted (broken %-args, a message whose
+        str() raises, a formatter bug): ship a description of it instead."""
+        try:
+            item = (
+                _describe_unformattable(record),
+                getattr(record, "levelno", logging.ERROR),
+                float(getattr(record, "created", 0.0) or 0.0),
+                str(getattr(record, "name", "root")),
+                _get_context(),
+            )
+            shipper = self.shipper
+            if len(shipper.buffer) < shipper.room:
+                shipper.buffer.append(item)
+                shipper.wake()
+            else:
+                shipper.overflow(item)
+        except Exception:
+            self.handleError(record)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything emitted before this call is in Redis.
+
+        Returns False if that did not happen within ``timeout`` seconds;
+        None means shutdown_timeout, never forever (logging calls flush()
+        under its module lock, at exit among other places).
+        """
+        return self.shipper.flush(timeout)
+
+    def close(self) -> None:
+        """Write what is buffered within shutdown_timeout, then stop the worker."""
+        try:
+            self.shipper.shutdown()
+        finally:
+            super().close()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: enqueued, sent, dropped, pending, batches, retries,
+        errors, failed, last_error.  enqueued + dropped = records emitted."""
+        return self.shipper.stats()
+
+    def __repr__(self) -> str:
+        level = logging.getLevelName(self.level)
+        return f"<{type(self).__name__} {self.names.global_stream} ({level})>"
+
+
+def _safe_text(value: Any) -> str:
+    for render in (str, repr):
+        try:
+            return render(value)
+        except Exception:
+            continue
+    return f"<unprintable {type(value).__name__}>"
+
+
+def _describe_unformattable(record: logging.LogRecord) -> str:
+    msg = _safe_text(getattr(record, "msg", None))
+    args = _safe_text(getattr(record, "args", None))
+    return f"{msg} (unformattable log record; args: {args})"

@@ -1,0 +1,420 @@
+"""The shipper: a bounded buffer and one daemon thread that drains it.
+
+Callers (the handler's ``emit``) append small tuples to :attr:`Shipper.buffer`
+and call :meth:`Shipper.wake` only when :attr:`Shipper.idle` says the
+worker sleeps: no lock, no per-record system call, no counter on the
+caller's side.  Everything else happens in the worker: it takes up to
+``batch_size`` items, or what arrived within ``flush_interval``, encodes each
+once, and hands the batch to ``sink.write(batch)``.  The shipper knows
+nothing of Redis: a sink is any object with ``write(list)``, and may have
+``close()`` and ``after_fork()``.
+
+When ``write`` fails the batch is kept (within ``queue_size``, which bounds
+the buffer and the batch in flight together) and retried with capped
+exponential backoff and jitter; records keep their order.  A sink raises
+:class:`WriteError` to say that part of a batch was delivered or rejected
+for good; any other exception means nothing was delivered.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .context import INTERNAL, user_id_context
+from .diagnostics import RateLimiter, report
+
+__all__ = ["Shipper", "Sink", "WriteError"]
+
+
+class Sink(Protocol):
+    def write(self, batch: list[Any]) -> None: ...
+
+
+class WriteError(Exception):
+    """Part of a batch failed.
+
+    ``remaining``: the records worth retrying, in order (nothing of them is
+    known to be stored).  ``lost``: how many the destination refused for
+    good (a wrong key type, a script error); retrying would not help.
+    """
+
+    def __init__(self, message: str, remaining: list[Any], lost: int = 0) -> None:
+        super().__init__(message)
+        self.remaining = remaining
+        self.lost = lost
+
+
+class _FlushMarker:
+    """Placed in the buffer by flush(): set once all before it is written."""
+
+    __slots__ = ("done", "ok")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.ok = True
+
+    def resolve(self, ok: bool) -> None:
+        self.ok = self.ok and ok
+        self.done.set()
+
+
+_live: weakref.WeakSet[Shipper] = weakref.WeakSet()
+
+
+class Shipper:
+    """Buffer, batch and retry records on their way to a sink."""
+
+    #: Backoff between attempts while the sink fails: doubles from
+    #: ``retry_base`` up to ``retry_cap`` seconds, each wait drawn between half and all of that.
+    retry_base = 0.05
+    retry_cap = 1.0
+    #: At most one warning per this many seconds about dropped records.
+    report_interval = 60.0
+
+    def __init__(
+        self,
+        sink: Sink,
+        encode: Callable[[Any], Any],
+        *,
+        queue_size: int = 10000,
+        overflow: str = "drop-new",
+        batch_size: int = 500,
+        flush_interval: float = 0.05,
+        shutdown_timeout: float = 2.0,
+        name: str = "redis-logstream",
+    ) -> None:
+        if overflow not in ("drop-new", "drop-old"):
+            raise ValueError(f"overflow must be 'drop-new' or 'drop-old', not {overflow!r}")
+        self.sink = sink
+        self.encode = encode
+        self.queue_size = queue_size
+        self.drop_old = overflow == "drop-old"
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.shutdown_timeout = shutdown_timeout
+        self.name = name
+        self._init_state()
+        _live.add(self)
+
+    def _init_state(self) -> None:
+        """Fresh buffer, locks, thread and counters (also the child's after fork)."""
+        self.buffer: deque[Any] = deque()
+        #: How many items the buffer may hold now: queue_size less the batch
+        #: in flight.  Callers compare len(buffer) against it.
+        self.room = self.queue_size
+        #: True while the worker waits for data (or does not run): only then
+        #: does a caller pay for wake().
+        self.idle = True
+        self._lock = threading.Lock()
+        self._has_data = threading.Event()
+        self._urgent = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._finalized = False
+        self._deadline = float("inf")
+        #: The encoded batch being written, kept until the sink has it.
+        self._unsent: list[Any] = []
+        self._markers = 0
+        self.taken = self.sent = self.dropped = self.batches = 0
+        self.retries = self.errors = self.failed = 0
+        self.last_error: str | None = None
+        self._down_since: float | None = None
+        self._reported_drops = 0
+        self._drop_report = RateLimiter(self.report_interval)
+
+    # -- callers' side ---------------------------------------------------
+
+    def overflow(self, item: Any) -> None:
+        """Called when the buffer is full: apply the overflow policy and count."""
+        with self._lock:
+            if not self.drop_old:
+                self.dropped += 1
+                return
+            buffer = self.buffer
+            while len(buffer) >= self.room:
+                try:
+                    old = buffer.popleft()
+                except IndexError:
+                    break
+                if type(old) is _FlushMarker:
+                    self._markers -= 1
+                    old.resolve(False)
+                else:
+                    self.dropped += 1
+            buffer.append(item)
+        if self.idle:
+            self.wake()
+
+    def wake(self) -> None:
+        """Start the worker if needed and tell it that data waits."""
+        if self._thread is None:
+            self._start()
+        self._has_data.set()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._finalized:
+                return
+            self._stopping = False
+            self._deadline = float("inf")
+            thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # interpreter shutting down: records stay pending
+                return
+            self._thread = thread
+
+    # -- control ---------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until all that was appended before the call is written.
+
+        Returns False if that did not happen within ``timeout`` (None means
+        shutdown_timeout; there is no unbounded wait).
+        """
+        if timeout is None:
+            timeout = self.shutdown_timeout
+        if not self.buffer and not self._unsent:
+            return True
+        if self._finalized:
+            return False
+        marker = _FlushMarker()
+        with self._lock:
+            self._markers += 1
+            self.buffer.append(marker)
+        self._urgent.set()
+        self.wake()
+        return marker.done.wait(timeout) and marker.ok
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Write what is buffered within ``timeout``, then stop the worker.
+
+        Returns True when nothing was left behind.  A later append starts
+        a new worker, as a closed FileHandler reopens its file.
+        """
+        self._begin_shutdown(timeout)
+        return self._finish_shutdown()
+
+    def _begin_shutdown(self, timeout: float | None) -> None:
+        if timeout is None:
+            timeout = self.shutdown_timeout
+        self._deadline = time.monotonic() + timeout
+        self._stopping = True
+        self._urgent.set()
+        self._has_data.set()
+
+    def _finish_shutdown(self) -> bool:
+        thread = self._thread
+        if thread is not None:
+            thread.join(max(0.0, self._deadline - time.monotonic()))
+            if thread.is_alive():
+                return False
+            self._thread = None
+        close = getattr(self.sink, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
+        return self.pending() == 0
+
+    def pending(self) -> int:
+        """Records accepted but not yet written (buffered or in flight)."""
+        return max(0, len(self.buffer) - self._markers) + len(self._unsent)
+
+    def stats(self) -> dict[str, Any]:
+        pending = self.pending()
+        return {
+            "enqueued": self.taken + pending - len(self._unsent),
+            "sent": self.sent,
+            "dropped": self.dropped,
+            "pending": pending,
+            "batches": self.batches,
+            "retries": self.retries,
+            "errors": self.errors,
+            "failed": self.failed,
+            "last_error": self.last_error,
+        }
+
+    def after_fork(self) -> None:
+        """In a child: forget the parent's buffer, thread and connection."""
+        self._init_state()
+        for part in (self.sink, self.encode):
+            hook = getattr(part, "after_fork", None)
+            if hook is not None:
+                hook()
+
+    # -- worker ----------------------------------------------------------
+
+    def _run(self) -> None:
+        user_id_context.set(INTERNAL)  # nothing logged here re-enters a handler
+        buffer = self.buffer
+        has_data = self._has_data
+        try:
+            while not (self._stopping and time.monotonic() >= self._deadline):
+                if not buffer and not self._unsent:
+                    if self._stopping:
+                        return
+                    self.idle = True
+                    if not buffer and not self._stopping:
+                        has_data.wait()
+                    has_data.clear()
+                    self.idle = False
+                    continue
+                if (
+                    not self._unsent
+                    and len(buffer) < self.batch_size
+                    and not self._stopping
+                    and self.flush_interval
+                    and self._urgent.wait(self.flush_interval)
+                ):
+                    self._urgent.clear()
+                self._ship_one_batch(buffer)
+                if self.dropped != self._reported_drops and self._drop_report.ready():
+                    self._report_drops()
+        except BaseException as exc:  # keep the process alive, say why shipping stopped
+            report(logging.ERROR, "redis_logstream: shipper stopped: %r", exc)
+            raise
+        finally:
+            self.idle = True
+            self._thread = None
+
+    def _ship_one_batch(self, buffer: deque[Any]) -> None:
+        marker = None
+        if not self._unsent:
+            take = min(len(buffer), self.batch_size)
+            self.room = self.queue_size - take
+            popleft = buffer.popleft
+            items = []
+            for _ in range(take):
+                item = popleft()
+                if type(item) is _FlushMarker:
+                    marker = item
+                    self._markers -= 1
+                    break
+                items.append(item)
+            self.taken += len(items)
+            self._unsent = self._encode_all(items)
+        ok = self._deliver()
+        self.room = self.queue_size - len(self._unsent)
+        if marker is not None:
+            marker.resolve(ok)
+
+    def _encode_all(self, items: list[Any]) -> list[Any]:
+        encode = self.encode
+        try:
+            return [encode(item) for item in items]
+        except Exception:
+            pass
+        batch = []
+        for item in items:  # find and count the one that cannot be encoded
+            try:
+                batch.append(encode(item))
+            except Exception as exc:
+                self.errors += 1
+                self.failed += 1
+                self.last_error = f"cannot encode a record: {exc!r}"
+        return batch
+
+    def _deliver(self) -> bool:
+        """Write the unsent batch, retrying until it is stored or the deadline passes."""
+        attempt = 0
+        while self._unsent:
+            batch = self._unsent
+            try:
+                self.sink.write(batch)
+            except Exception as exc:
+                remaining = batch
+                if isinstance(exc, WriteError):
+                    remaining = exc.remaining
+                    self.failed += exc.lost
+                    self.sent += len(batch) - len(remaining) - exc.lost
+                self.errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._unsent = remaining
+                self.room = self.queue_size - len(remaining)
+                if not remaining:
+                    return False
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                    report(
+                        logging.WARNING,
+                        "redis_logstream: cannot write (%s); keeping up to %d records "
+                        "and retrying",
+                        self.last_error,
+                        self.queue_size,
+                    )
+                delay = min(self.retry_cap, self.retry_base * 2 ** min(attempt, 16))
+                delay *= random.uniform(0.5, 1.0)
+                attempt += 1
+                if self._stopping:  # no early wake-up now: flush and close are waiting
+                    left = self._deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    time.sleep(min(delay, left))
+                elif self._urgent.wait(delay):
+                    self._urgent.clear()
+                self.retries += 1
+                continue
+            self._unsent = []
+            self.sent += len(batch)
+            self.batches += 1
+            if self._down_since is not None:
+                report(
+                    logging.WARNING,
+                    "redis_logstream: writing again after %.1f s; %d records waited",
+                    time.monotonic() - self._down_since,
+                    len(batch) + len(self.buffer),
+                )
+                self._down_since = None
+        return True
+
+    def _report_drops(self) -> None:
+        new = self.dropped - self._reported_drops
+        self._reported_drops = self.dropped
+        report(
+            logging.WARNING,
+            "redis_logstream: buffer full (queue_size=%d, overflow=%s): %d records dropped",
+            self.queue_size,
+            "drop-old" if self.drop_old else "drop-new",
+            new,
+        )
+
+
+def _shutdown_all() -> None:
+    """At exit: write what is buffered, all shippers at once, each within its
+    own shutdown_timeout; then say what could not be written."""
+    shippers = [s for s in list(_live) if s._thread is not None or s.pending()]
+    for shipper in shippers:
+        shipper._begin_shutdown(None)
+    lost = 0
+    for shipper in shippers:
+        shipper._finish_shutdown()
+        lost += shipper.pending()
+    for shipper in list(_live):
+        shipper._finalized = True
+    if lost:
+        report(
+            logging.WARNING,
+            "redis_logstream: %d records not delivered at exit (last error: %s)",
+            lost,
+            next((s.last_error for s in shippers if s.last_error), "none"),
+        )
+
+
+def _after_fork_in_child() -> None:
+    for shipper in list(_live):
+        shipper.after_fork()
+
+
+atexit.register(_shutdown_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,196 @@
+"""Writing batches to Redis: one round trip per batch.
+
+Each record goes to the global channel and stream and, when it has a
+context, to that context's channel and stream: ``PUBLISH`` + ``XADD`` for
+each, then one ``XTRIM MAXLEN ~`` and one ``EXPIRE`` per touched stream.
+Through redis-py's pipeline that costs several times what formatting the
+record did, so the commands run in a small server-side script
+(``write_batch.lua``), called once per chunk of at most ``chunk_size``
+records (short enough that Redis stays responsive: well under 2 ms), and
+the chunks of one batch are packed by hand into a single socket write.
+
+The sink knows nothing of logging: it takes ``(context, bytes)`` pairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .naming import Names
+from .shipper import WriteError
+
+__all__ = ["RedisSink"]
+
+SCRIPT = resources.files(__package__).joinpath("write_batch.lua").read_bytes()
+SCRIPT_SHA = hashlib.sha1(SCRIPT).hexdigest().encode()
+
+#: Error replies after which the same write may succeed later.
+_TRANSIENT = ("OOM", "LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def _is_transient(error: Exception) -> bool:
+    if isinstance(error, ResponseError):
+        return str(error).startswith(_TRANSIENT)
+    return True  # connection lost or timed out: nothing says the data is bad
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+class RedisSink:
+    """Writes ``(context, json_bytes)`` batches to one Redis server.
+
+    ``connect`` returns a redis-py client; it is called in the worker, on
+    first use, so that building the handler never touches the network.
+    The sink holds one connection of its pool and speaks the protocol
+    directly on it; it never retries by itself: the shipper owns retries
+    and their backoff.
+    """
+
+    chunk_size = 100
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        names: Names,
+        *,
+        stream_maxlen: int = 1000,
+        context_ttl: int | None = 3600,
+        global_ttl: int | None = 86400,
+    ) -> None:
+        self._connect = connect
+        self._client: Any = None
+        self.names = names
+        self._conn: Any = None
+        self._streams: dict[str | None, bytes] = {}
+        global_stream = names.global_stream.encode()
+        self._global = _bulk(global_stream)
+        self._argv_head = b"".join(
+            _bulk(str(value).encode())
+            for value in (
+                stream_maxlen,
+                context_ttl or 0,
+                global_ttl or 0,
+                len(names.stream_prefix.encode()),
+            )
+        )
+        self._index = [_bulk(b"%d" % i) for i in range(self.chunk_size + 2)]
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
+    def write(self, batch: list[tuple[str | None, bytes]]) -> None:
+        chunks = [batch[i : i + self.chunk_size] for i in range(0, len(batch), self.chunk_size)]
+        packed = [self._pack(chunk, b"EVALSHA", SCRIPT_SHA) for chunk in chunks]
+        replies = self._round_trip(packed)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:  # first write since the server started: send the script itself
+            retry = self._round_trip([self._pack(chunks[i], b"EVAL", SCRIPT) for i in missing])
+            for i, reply in zip(missing, retry, strict=True):
+                replies[i] = reply
+        self._settle(chunks, replies)
+
+    def _settle(self, chunks: list[list[Any]], replies: list[Any]) -> None:
+        """Raise WriteError unless every chunk was stored."""
+        remaining: list[Any] = []
+        lost = 0
+        first_error: Exception | None = None
+        for chunk, reply in zip(chunks, replies, strict=True):
+            if not isinstance(reply, Exception):
+                continue
+            first_error = first_error or reply
+            if _is_transient(reply):
+                remaining.extend(chunk)
+            else:
+                lost += len(chunk)
+        if first_error is not None:
+            raise WriteError(str(first_error), remaining, lost)
+
+    def _pack(self, chunk: list[tuple[str | None, bytes]], verb: bytes, script: bytes) -> bytes:
+        streams = self._streams
+        keys = [self._global]
+        slots: dict[str | None, bytes] = {}
+        index = self._index
+        parts = []
+        append = parts.append
+        for context, data in chunk:
+            slot = slots.get(context)
+            if slot is None:
+                if context is None:
+                    slot = index[1]
+                else:
+                    key = streams.get(context)
+                    if key is None:
+                        key = self._stream_key(context)
+                    keys.append(key)
+                    slot = index[len(keys)]
+                slots[context] = slot
+            append(b"%b$%d\r\n%b\r\n" % (slot, len(data), data))
+        head = b"*%d\r\n%b%b$%d\r\n%d\r\n" % (
+            3 + len(keys) + 4 + 2 * len(chunk),
+            _bulk(verb),
+            _bulk(script),
+            len(b"%d" % len(keys)),
+            len(keys),
+        )
+        return b"".join((head, *keys, self._argv_head, *parts))
+
+    def _stream_key(self, context: str) -> bytes:
+        key = _bulk(self.names.stream(context).encode())
+        if len(self._streams) >= 4096:
+            self._streams.clear()
+        self._streams[context] = key
+        return key
+
+    def _round_trip(self, packed: list[bytes]) -> list[Any]:
+        """Send all commands in one write; read one reply each.
+
+        Error replies come back as exception values, in place, and so does
+        a lost connection for every reply not read: chunks whose reply
+        arrived are never sent twice.
+        """
+        replies: list[Any] = []
+        try:
+            conn = self._conn
+            if conn is None:
+                conn = self._conn = self.client.connection_pool.get_connection()
+            conn.send_packed_command([b"".join(packed)], check_health=False)
+            for _ in packed:
+                try:
+                    replies.append(conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            self._drop_connection()
+            replies.extend([exc] * (len(packed) - len(replies)))
+        except BaseException:
+            self._drop_connection()
+            raise
+        return replies
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.disconnect()
+            finally:
+                self.client.connection_pool.release(conn)
+
+    def close(self) -> None:
+        self._drop_connection()
+
+    def after_fork(self) -> None:
+        """The parent's connection is the parent's: forget it without closing
+        it (redis-py's pool notices the new pid and starts afresh)."""
+        self._conn = None

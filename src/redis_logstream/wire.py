@@ -1,0 +1,116 @@
+"""The wire format: one JSON object per record, built once in the worker.
+
+``{"message": ..., "level": "INFO", "levelno": 20, "timestamp": 1764028888.123456,
+"logger": "app.views", "context": "User.alice" | null, "pod": "web-1", "pid": 42}``
+
+The same bytes go to pub/sub and into the stream entry's ``data`` field.
+A general ``json.dumps`` of a small dict costs more than formatting the
+record did; since every key is known, the encoder only escapes the strings
+(the C escaper json itself uses) and caches the parts that repeat: level,
+logger name, context, host and pid.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from json.encoder import encode_basestring
+from typing import Any
+
+from .context import validate_context
+
+__all__ = ["Encoder", "host_name"]
+
+_CACHE_LIMIT = 4096
+
+
+def host_name() -> str:
+    """The pod or host: HOSTNAME (set in containers), else the host name."""
+    return os.environ.get("HOSTNAME") or socket.gethostname()
+
+
+def _clean(text: str) -> str:
+    """Make ``text`` encodable as UTF-8: lone surrogates (undecodable bytes
+    smuggled in by surrogateescape) become visible ``\\udcXX`` escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class Encoder:
+    """Turns a buffered ``(message, levelno, created, logger, context)``
+    tuple into ``(context, json_bytes)``."""
+
+    def __init__(self, max_message_bytes: int = 65536) -> None:
+        self.max_message_bytes = max_message_bytes
+        # A str of n characters encodes to at most 4n bytes: below this
+        # length no byte count is needed.
+        self._short = max_message_bytes // 4
+        self._middles: dict[tuple[int, str], str] = {}
+        self._contexts: dict[Any, tuple[str, str | None]] = {}
+        self.after_fork()
+
+    def after_fork(self) -> None:
+        """The pid is part of every record: read it once per process."""
+        self._tail = f',"pod":{encode_basestring(host_name())},"pid":{os.getpid()}}}'
+
+    def __call__(self, item: tuple[str, int, float, str, Any]) -> tuple[str | None, bytes]:
+        message, levelno, created, name, context = item
+        truncated = ""
+        if len(message) > self._short:
+            message, truncated = self._cut(message)
+        middle = self._middles.get((levelno, name))
+        if middle is None:
+            middle = self._middle(levelno, name)
+        known = self._contexts.get(context)
+        if known is None:
+            known = self._context(context)
+        ctx, route = known
+        if created.__class__ is not float:
+            created = float(created)
+        text = (
+            f'{{"message":{encode_basestring(message)}{truncated},"timestamp":{created!r}'
+            f"{middle}{ctx}{self._tail}"
+        )
+        try:
+            return route, text.encode("utf-8")
+        except UnicodeEncodeError:
+            return route, _clean(text).encode("utf-8")
+
+    def _cut(self, message: str) -> tuple[str, str]:
+        data = message.encode("utf-8", "backslashreplace")
+        limit = self.max_message_bytes
+        if len(data) <= limit:
+            return message, ""
+        marker = f" [... {len(data) - limit} bytes cut]"
+        kept = data[: limit - len(marker)].decode("utf-8", "ignore")
+        return kept + marker, ',"truncated":true'
+
+    def _middle(self, levelno: int, name: str) -> str:
+        middle = (
+            f',"level":{encode_basestring(logging.getLevelName(levelno))},"levelno":{levelno:d}'
+            f',"logger":{encode_basestring(name)}'
+        )
+        if len(self._middles) >= _CACHE_LIMIT:
+            self._middles.clear()
+        self._middles[(levelno, name)] = middle
+        return middle
+
+    def _context(self, context: Any) -> tuple[str, str | None]:
+        """The JSON of ``context`` and the context to route by.
+
+        The helpers validate contexts when they are set, but the variable
+        itself is public: a value set around them (not a str, too long,
+        reserved) still reaches the global stream, under its text.
+        """
+        if context is None:
+            known: tuple[str, str | None] = (',"context":null', None)
+        else:
+            try:
+                route: str | None = validate_context(context)
+            except ValueError:
+                route = None
+            known = (f',"context":{encode_basestring(_clean(str(context)))}', route)
+        if len(self._contexts) >= _CACHE_LIMIT:
+            self._contexts.clear()
+        self._contexts[context] = known
+        return known

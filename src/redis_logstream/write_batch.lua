@@ -1,0 +1,34 @@
+-- Write one chunk of log records (see sink.py).
+-- KEYS[1]: the global stream; KEYS[2..]: the context streams of this chunk.
+-- ARGV: maxlen, context ttl, global ttl (0: none), length of the stream
+--       prefix, then per record: the index in KEYS of its context stream
+--       (1 when it has none) and its JSON.
+-- A stream's channel is its key without the stream prefix.
+local maxlen = ARGV[1]
+local ctx_ttl = tonumber(ARGV[2])
+local global_ttl = tonumber(ARGV[3])
+local plen = tonumber(ARGV[4])
+local channels = {}
+for i = 1, #KEYS do
+  channels[i] = string.sub(KEYS[i], plen + 1)
+end
+local gkey, gchannel = KEYS[1], channels[1]
+for i = 5, #ARGV, 2 do
+  local k = tonumber(ARGV[i])
+  local data = ARGV[i + 1]
+  if k > 1 then
+    redis.call('XADD', KEYS[k], '*', 'data', data)
+    redis.call('PUBLISH', channels[k], data)
+  end
+  redis.call('XADD', gkey, '*', 'data', data)
+  redis.call('PUBLISH', gchannel, data)
+end
+for i = 1, #KEYS do
+  redis.call('XTRIM', KEYS[i], 'MAXLEN', '~', maxlen)
+  local ttl = ctx_ttl
+  if i == 1 then ttl = global_ttl end
+  if ttl > 0 then
+    redis.call('EXPIRE', KEYS[i], ttl)
+  end
+end
+return (#ARGV - 4) / 2
