@@ -45,17 +45,18 @@ class Encoder:
         # A str of n characters encodes to at most 4n bytes: below this
         # length no byte count is needed.
         self._short = max_message_bytes // 4
-        self._middles: dict[tuple[int, str], str] = {}
-        self._contexts: dict[Any, tuple[str, str | None]] = {}
+        self._middles: dict[tuple[int, str], bytes] = {}
+        self._contexts: dict[Any, tuple[bytes, str | None]] = {}
         self.after_fork()
 
     def after_fork(self) -> None:
         """The pid is part of every record: read it once per process."""
-        self._tail = f',"pod":{encode_basestring(host_name())},"pid":{os.getpid()}}}'
+        tail = f',"pod":{encode_basestring(_clean(host_name()))},"pid":{os.getpid()}}}'
+        self._tail = tail.encode("utf-8")
 
     def __call__(self, item: tuple[str, int, float, str, Any]) -> tuple[str | None, bytes]:
         message, levelno, created, name, context = item
-        truncated = ""
+        truncated = b""
         if len(message) > self._short:
             message, truncated = self._cut(message)
         middle = self._middles.get((levelno, name))
@@ -67,35 +68,35 @@ class Encoder:
         ctx, route = known
         if created.__class__ is not float:
             created = float(created)
-        text = (
-            f'{{"message":{encode_basestring(message)}{truncated},"timestamp":{created!r}'
-            f"{middle}{ctx}{self._tail}"
-        )
         try:
-            return route, text.encode("utf-8")
+            text = encode_basestring(message).encode("utf-8")
         except UnicodeEncodeError:
-            return route, _clean(text).encode("utf-8")
+            text = encode_basestring(_clean(message)).encode("utf-8")
+        return route, b'{"message":%b%b,"timestamp":%r%b%b%b' % (
+            text, truncated, created, middle, ctx, self._tail
+        )
 
-    def _cut(self, message: str) -> tuple[str, str]:
+    def _cut(self, message: str) -> tuple[str, bytes]:
         data = message.encode("utf-8", "backslashreplace")
         limit = self.max_message_bytes
         if len(data) <= limit:
-            return message, ""
+            return message, b""
         marker = f" [... {len(data) - limit} bytes cut]"
         kept = data[: limit - len(marker)].decode("utf-8", "ignore")
-        return kept + marker, ',"truncated":true'
+        return kept + marker, b',"truncated":true'
 
-    def _middle(self, levelno: int, name: str) -> str:
+    def _middle(self, levelno: int, name: str) -> bytes:
+        level = _clean(str(logging.getLevelName(levelno)))
         middle = (
-            f',"level":{encode_basestring(logging.getLevelName(levelno))},"levelno":{levelno:d}'
-            f',"logger":{encode_basestring(name)}'
-        )
+            f',"level":{encode_basestring(level)},"levelno":{levelno:d}'
+            f',"logger":{encode_basestring(_clean(name))}'
+        ).encode()
         if len(self._middles) >= _CACHE_LIMIT:
             self._middles.clear()
         self._middles[(levelno, name)] = middle
         return middle
 
-    def _context(self, context: Any) -> tuple[str, str | None]:
+    def _context(self, context: Any) -> tuple[bytes, str | None]:
         """The JSON of ``context`` and the context to route by.
 
         The helpers validate contexts when they are set, but the variable
@@ -103,13 +104,14 @@ class Encoder:
         reserved) still reaches the global stream, under its text.
         """
         if context is None:
-            known: tuple[str, str | None] = (',"context":null', None)
+            known: tuple[bytes, str | None] = (b',"context":null', None)
         else:
             try:
                 route: str | None = validate_context(context)
             except ValueError:
                 route = None
-            known = (f',"context":{encode_basestring(_clean(str(context)))}', route)
+            text = f',"context":{encode_basestring(_clean(str(context)))}'
+            known = (text.encode("utf-8"), route)
         if len(self._contexts) >= _CACHE_LIMIT:
             self._contexts.clear()
         self._contexts[context] = known
