@@ -42,9 +42,9 @@ class Encoder:
 
     def __init__(self, max_message_bytes: int = 65536) -> None:
         self.max_message_bytes = max_message_bytes
-        # A str of n characters encodes to at most 4n bytes: below this
-        # length no byte count is needed.
-        self._short = max_message_bytes // 4
+        # A str of n characters takes at most 6n bytes (4 for UTF-8, 6 for
+        # a lone surrogate's visible escape): below this no count is needed.
+        self._short = max_message_bytes // 6
         self._middles: dict[tuple[int, str], bytes] = {}
         self._contexts: dict[Any, tuple[bytes, str | None]] = {}
         self.after_fork()
@@ -62,7 +62,10 @@ class Encoder:
         middle = self._middles.get((levelno, name))
         if middle is None:
             middle = self._middle(levelno, name)
-        known = self._contexts.get(context)
+        try:
+            known = self._contexts.get(context)
+        except TypeError:  # unhashable: set on the raw variable, around the helpers
+            known = None
         if known is None:
             known = self._context(context)
         ctx, route = known
@@ -81,9 +84,10 @@ class Encoder:
         limit = self.max_message_bytes
         if len(data) <= limit:
             return message, b""
-        marker = f" [... {len(data) - limit} bytes cut]"
-        kept = data[: limit - len(marker)].decode("utf-8", "ignore")
-        return kept + marker, b',"truncated":true'
+        room = limit - len(f" [... {len(data)} bytes cut]")  # the longest marker
+        kept = data[:room].decode("utf-8", "ignore")  # whole characters only
+        cut = len(data) - len(kept.encode("utf-8"))
+        return f"{kept} [... {cut} bytes cut]", b',"truncated":true'
 
     def _middle(self, levelno: int, name: str) -> bytes:
         level = _clean(str(logging.getLevelName(levelno)))
@@ -112,7 +116,8 @@ class Encoder:
                 route = None
             text = f',"context":{encode_basestring(_clean(str(context)))}'
             known = (text.encode("utf-8"), route)
-        if len(self._contexts) >= _CACHE_LIMIT:
-            self._contexts.clear()
-        self._contexts[context] = known
+        if context.__class__ is str or context is None:  # 1, 1.0 and True are equal keys
+            if len(self._contexts) >= _CACHE_LIMIT:
+                self._contexts.clear()
+            self._contexts[context] = known
         return known

@@ -1,0 +1,81 @@
+# Developer and CI entry points for django-redis-logstream.
+#
+# Everything here must work on a fresh machine that has only Python and access
+# to the package registries (PyPI, Debian's apt): the venv is built from
+# pyproject.toml, and the system tools the tests need (redis-server, valgrind)
+# are installed with apt-get when missing and we are root.
+
+SHELL := /bin/sh
+.DEFAULT_GOAL := test
+
+VENV := .venv
+VENV_PY := $(VENV)/bin/python
+# The stamp is newer than pyproject.toml once `pip install -e ".[dev]"` has
+# succeeded for its current contents, so repeated runs skip pip entirely.
+STAMP := $(VENV)/.installed
+
+# First interpreter that is at least the project's minimum (3.10); 3.11 is
+# what the project is developed and tested with.
+PYTHON ?= $(shell for p in python3.11 python3; do \
+	if $$p -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1; then \
+	echo $$p; break; fi; done)
+
+PYTEST_ARGS ?=
+
+.PHONY: venv install test lint demo bench tools clean distclean
+
+venv install: $(STAMP)
+
+$(VENV_PY):
+	@test -n "$(PYTHON)" || { echo "No python3 >= 3.10 found on PATH."; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(VENV_PY)
+	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+# ensure_apt(command, debian package): install the package when the command is
+# missing. Services that the package would start (Debian's redis-server starts
+# one on 6379) are kept stopped with a temporary policy-rc.d: the tests run
+# their own servers and must never depend on, or collide with, a system one.
+define ensure_apt
+	@if ! command -v $(1) >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "$(1) is needed by the tests: run 'sudo apt-get install $(2)' first."; exit 1; \
+	  fi; \
+	  echo "$(1) not found: installing Debian package $(2) (its service is not started)"; \
+	  created=; \
+	  if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && created=1; \
+	  fi; \
+	  rc=0; \
+	  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(2); } || rc=$$?; \
+	  if [ -n "$$created" ]; then rm -f /usr/sbin/policy-rc.d; fi; \
+	  if [ $$rc -ne 0 ]; then echo "apt-get install $(2) failed"; exit $$rc; fi; \
+	  command -v $(1) >/dev/null 2>&1 || { echo "$(1) still missing after installing $(2)"; exit 1; }; \
+	fi
+endef
+
+tools:
+	$(call ensure_apt,redis-server,redis-server)
+	$(call ensure_apt,valgrind,valgrind)
+
+test: install tools
+	$(VENV)/bin/ruff check .
+	$(VENV_PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+demo: install
+	$(VENV_PY) testproject/demo.py
+
+bench: install tools
+	$(VENV_PY) bench/bench_handler.py
+
+clean:
+	rm -rf .demo .pytest_cache .ruff_cache build dist
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""A small Django site that uses django-redis-logstream (demo and tests)."""

@@ -1,0 +1,15 @@
+"""URLs of the test/demo site."""
+
+from django.contrib import admin
+from django.urls import include, path
+
+from testproject import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("work/", views.work, name="work"),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("admin/", admin.site.urls),
+    # The library's SSE endpoint and live console page will be mounted here:
+    # path("logs/", include("redis_logstream.urls")),
+]
