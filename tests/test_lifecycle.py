@@ -12,8 +12,9 @@ from pathlib import Path
 
 import redis
 
-from helpers import entries, fresh_logger, messages, wait_for
 from redis_logstream import RedisLogHandler
+
+from helpers import entries, fresh_logger, messages, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 GLOBAL = "stream:logs:global"

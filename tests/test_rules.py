@@ -11,8 +11,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from helpers import Handlers, entries, fresh_logger, messages, wait_for
 from redis_logstream import log_context
+
+from helpers import Handlers, entries, fresh_logger, messages, wait_for
 
 GLOBAL = "stream:logs:global"
 

@@ -1,0 +1,140 @@
+"""Where the handler's Redis client comes from: alias, URL or client."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from django_redis import get_redis_connection
+
+from redis_logstream import RedisLogHandler
+from redis_logstream.connection import ConfigurationError
+
+from helpers import Handlers, fresh_logger, messages
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def handlers() -> Iterator[Handlers]:
+    made = Handlers()
+    yield made
+    made.close()
+
+
+def _pool(handler: RedisLogHandler) -> redis.ConnectionPool:
+    return handler.shipper.sink.client.connection_pool
+
+
+def test_the_cache_alias_gives_a_pool_of_the_handlers_own(
+    handlers: Handlers, redis_url: str, redis_client: redis.Redis
+) -> None:
+    handler = handlers(connection="default", socket_timeout=1.5)
+    log = fresh_logger(handler)
+    log.info("via the alias")
+    assert handler.flush(5)
+    assert messages(redis_client, "stream:logs:global") == ["via the alias"]
+    cache_pool = get_redis_connection("default").connection_pool
+    pool = _pool(handler)
+    assert pool is not cache_pool
+    assert pool.connection_kwargs["port"] == cache_pool.connection_kwargs["port"]
+    # Short timeouts and no client-side retries: the shipper decides.
+    assert pool.connection_kwargs["socket_timeout"] == 1.5
+    assert pool.connection_kwargs["retry"].get_retries() == 0
+    assert pool.connection_kwargs["health_check_interval"] == 0
+
+
+def test_the_testproject_logging_config_ships_site_records(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    handler = next(
+        h for h in logging.getLogger("testproject").handlers if isinstance(h, RedisLogHandler)
+    )
+    assert handler.options.connection == "default"
+    logging.getLogger("testproject.views").warning("from the site")
+    assert handler.flush(5)
+    assert "from the site" in messages(redis_client, "stream:logs:global")
+
+
+def test_an_unknown_alias_fails_when_the_handler_is_built() -> None:
+    with pytest.raises(ConfigurationError, match=r"no alias 'nosuch'.*aliases: default"):
+        RedisLogHandler(connection="nosuch")
+
+
+def test_a_cache_that_is_not_redis_is_refused_with_a_hint(settings) -> None:
+    settings.CACHES = {
+        **settings.CACHES,
+        "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    }
+    handler = RedisLogHandler(connection="local")
+    with pytest.raises(ConfigurationError, match="not a redis URL"):
+        handler.shipper.sink.client  # noqa: B018 - built lazily, on first use
+
+
+def test_a_client_callable_is_called_in_the_worker_not_at_configuration(
+    handlers: Handlers, redis_url: str, redis_client: redis.Redis
+) -> None:
+    calls: list[str] = []
+
+    def make_client() -> redis.Redis:
+        calls.append(threading.current_thread().name)
+        return redis.Redis.from_url(redis_url)
+
+    handler = handlers(client=make_client)
+    assert calls == []
+    fresh_logger(handler).info("from a client factory")
+    assert handler.flush(5)
+    assert calls == ["redis-logstream"]
+    assert messages(redis_client, "stream:logs:global") == ["from a client factory"]
+
+
+def test_a_client_can_be_named_by_its_dotted_path(
+    handlers: Handlers, redis_url: str, redis_client: redis.Redis
+) -> None:
+    handler = handlers(client="django_redis.get_redis_connection")
+    fresh_logger(handler).info("dotted")
+    assert handler.flush(5)
+    assert messages(redis_client, "stream:logs:global") == ["dotted"]
+
+
+def test_a_bad_dotted_client_path_fails_at_configuration() -> None:
+    with pytest.raises(ConfigurationError, match=r"cannot import client='nowhere\.factory'"):
+        RedisLogHandler(client="nowhere.factory")
+
+
+def test_url_wins_over_the_alias(
+    handlers: Handlers, own_redis, redis_url: str, redis_client: redis.Redis
+) -> None:
+    handler = handlers(url=own_redis.url, connection="default")
+    fresh_logger(handler).info("to the url")
+    assert handler.flush(5)
+    assert messages(own_redis.client(), "stream:logs:global") == ["to the url"]
+    assert redis_client.exists("stream:logs:global") == 0
+
+
+def test_a_url_that_is_not_a_url_fails_at_configuration() -> None:
+    with pytest.raises(ConfigurationError, match="not a redis:// URL"):
+        RedisLogHandler(url="127.0.0.1:6379")
+
+
+def test_without_django_settings_the_handler_asks_for_url_or_client() -> None:
+    script = """
+        from redis_logstream import RedisLogHandler
+        try:
+            RedisLogHandler()
+        except ValueError as exc:
+            print(exc)
+    """
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True, text=True, env=env, timeout=60, check=True,
+    ).stdout
+    assert "needs url= or client=" in out
