@@ -338,7 +338,9 @@ class Shipper:
                     self.failed += exc.lost
                     self.sent += len(batch) - len(remaining) - exc.lost
                 self.errors += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = (
+                    str(exc) if isinstance(exc, WriteError) else f"{type(exc).__name__}: {exc}"
+                )
                 self._unsent = remaining
                 self.room = self.queue_size - len(remaining)
                 if not remaining:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
+from redis import exceptions
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -28,17 +29,38 @@ from .shipper import WriteError
 
 __all__ = ["RedisSink"]
 
-SCRIPT = resources.files(__package__).joinpath("write_batch.lua").read_bytes()
-SCRIPT_SHA = hashlib.sha1(SCRIPT).hexdigest().encode()
+_BODY = resources.files(__package__).joinpath("write_batch.lua").read_bytes()
+#: With a shebang (Redis 7+) the server refuses the whole script up front when
+#: it is out of memory, instead of failing it half-way through a chunk; older
+#: servers cannot compile that line and get the plain body.
+SCRIPTS = (b"#!lua\n" + _BODY, _BODY)
 
-#: Error replies after which the same write may succeed later.
-_TRANSIENT = ("OOM", "LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
+#: Error replies after which the same write may succeed later.  redis-py
+#: turns the known codes into classes (dropping the code from the text).
+_TRANSIENT_ERRORS = (
+    exceptions.OutOfMemoryError,
+    exceptions.BusyLoadingError,
+    exceptions.ReadOnlyError,
+    exceptions.MasterDownError,
+    exceptions.TryAgainError,
+    exceptions.ClusterDownError,
+)
+_TRANSIENT_CODES = ("OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN")
 
 
 def _is_transient(error: Exception) -> bool:
+    if isinstance(error, _TRANSIENT_ERRORS):
+        return True
     if isinstance(error, ResponseError):
-        return str(error).startswith(_TRANSIENT)
+        text = str(error)
+        # Inside a script the code may be lost: "... used memory > 'maxmemory'".
+        return text.startswith(_TRANSIENT_CODES) or "> 'maxmemory'" in text
     return True  # connection lost or timed out: nothing says the data is bad
+
+
+def _cannot_compile(reply: Any) -> bool:
+    # Lua's parser stops at the shebang's '#': "unexpected symbol near '#'".
+    return isinstance(reply, ResponseError) and "near '#'" in str(reply)
 
 
 def _bulk(value: bytes) -> bytes:
@@ -70,6 +92,7 @@ class RedisSink:
         self._client: Any = None
         self.names = names
         self._conn: Any = None
+        self._use_script(SCRIPTS[0])
         self._streams: dict[str | None, bytes] = {}
         global_stream = names.global_stream.encode()
         self._global = _bulk(global_stream)
@@ -90,32 +113,44 @@ class RedisSink:
             self._client = self._connect()
         return self._client
 
+    def _use_script(self, script: bytes) -> None:
+        self._script = script
+        self._sha = hashlib.sha1(script).hexdigest().encode()
+
     def write(self, batch: list[tuple[str | None, bytes]]) -> None:
         chunks = [batch[i : i + self.chunk_size] for i in range(0, len(batch), self.chunk_size)]
-        packed = [self._pack(chunk, b"EVALSHA", SCRIPT_SHA) for chunk in chunks]
-        replies = self._round_trip(packed)
+        replies = self._round_trip([self._pack(chunk, b"EVALSHA", self._sha) for chunk in chunks])
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:  # first write since the server started: send the script itself
-            retry = self._round_trip([self._pack(chunks[i], b"EVAL", SCRIPT) for i in missing])
+            retry = self._eval([chunks[i] for i in missing])
+            if self._script is SCRIPTS[0] and any(_cannot_compile(r) for r in retry):
+                self._use_script(SCRIPTS[1])  # a server older than Redis 7
+                retry = self._eval([chunks[i] for i in missing])
             for i, reply in zip(missing, retry, strict=True):
                 replies[i] = reply
         self._settle(chunks, replies)
 
+    def _eval(self, chunks: list[list[Any]]) -> list[Any]:
+        return self._round_trip([self._pack(chunk, b"EVAL", self._script) for chunk in chunks])
+
     def _settle(self, chunks: list[list[Any]], replies: list[Any]) -> None:
-        """Raise WriteError unless every chunk was stored."""
+        """Raise WriteError unless every chunk was stored whole."""
         remaining: list[Any] = []
         lost = 0
-        first_error: Exception | None = None
+        first_error: str | None = None
         for chunk, reply in zip(chunks, replies, strict=True):
-            if not isinstance(reply, Exception):
-                continue
-            first_error = first_error or reply
-            if _is_transient(reply):
-                remaining.extend(chunk)
-            else:
-                lost += len(chunk)
+            if isinstance(reply, Exception):
+                first_error = first_error or f"{type(reply).__name__}: {reply}"
+                if _is_transient(reply):
+                    remaining.extend(chunk)
+                else:
+                    lost += len(chunk)
+            elif reply[1]:  # the script stored the rest; these keys refused
+                lost += int(reply[1])
+                refusal = reply[2].decode() if isinstance(reply[2], bytes) else reply[2]
+                first_error = first_error or f"Redis refused {reply[1]} records: {refusal}"
         if first_error is not None:
-            raise WriteError(str(first_error), remaining, lost)
+            raise WriteError(first_error, remaining, lost)
 
     def _pack(self, chunk: list[tuple[str | None, bytes]], verb: bytes, script: bytes) -> bytes:
         streams = self._streams

@@ -4,10 +4,26 @@
 --       prefix, then per record: the index in KEYS of its context stream
 --       (1 when it has none) and its JSON.
 -- A stream's channel is its key without the stream prefix.
+-- Returns {records stored, records refused, first refusal or ""}: a key of
+-- the wrong type refuses its records, not the whole chunk.
 local maxlen = ARGV[1]
 local ctx_ttl = tonumber(ARGV[2])
 local global_ttl = tonumber(ARGV[3])
 local plen = tonumber(ARGV[4])
+local refused, first_refusal = 0, ''
+
+local function refuses(reply)
+  if type(reply) == 'table' and reply.err then
+    local text = tostring(reply.err)
+    if string.find(text, 'OOM', 1, true) then
+      error(reply) -- out of memory: the caller keeps the chunk and retries
+    end
+    if first_refusal == '' then first_refusal = text end
+    return true
+  end
+  return false
+end
+
 local channels = {}
 for i = 1, #KEYS do
   channels[i] = string.sub(KEYS[i], plen + 1)
@@ -16,19 +32,21 @@ local gkey, gchannel = KEYS[1], channels[1]
 for i = 5, #ARGV, 2 do
   local k = tonumber(ARGV[i])
   local data = ARGV[i + 1]
+  local bad = false
   if k > 1 then
-    redis.call('XADD', KEYS[k], '*', 'data', data)
+    bad = refuses(redis.pcall('XADD', KEYS[k], '*', 'data', data))
     redis.call('PUBLISH', channels[k], data)
   end
-  redis.call('XADD', gkey, '*', 'data', data)
+  bad = refuses(redis.pcall('XADD', gkey, '*', 'data', data)) or bad
   redis.call('PUBLISH', gchannel, data)
+  if bad then refused = refused + 1 end
 end
 for i = 1, #KEYS do
-  redis.call('XTRIM', KEYS[i], 'MAXLEN', '~', maxlen)
+  refuses(redis.pcall('XTRIM', KEYS[i], 'MAXLEN', '~', maxlen))
   local ttl = ctx_ttl
   if i == 1 then ttl = global_ttl end
   if ttl > 0 then
     redis.call('EXPIRE', KEYS[i], ttl)
   end
 end
-return (#ARGV - 4) / 2
+return {(#ARGV - 4) / 2 - refused, refused, first_refusal}
