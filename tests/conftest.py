@@ -25,6 +25,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from helpers import Handlers
 from servers import RedisServer, SilentServer, no_retry
 
 _session_server: RedisServer | None = None
@@ -141,3 +142,11 @@ def garbage_server() -> Iterator[SilentServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def handlers() -> Iterator[Handlers]:
+    """Builds RedisLogHandlers for a test (fast flush_interval) and closes them after."""
+    made = Handlers()
+    yield made
+    made.close()

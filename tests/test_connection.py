@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,13 +19,6 @@ from redis_logstream.connection import ConfigurationError
 from helpers import Handlers, fresh_logger, messages
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def handlers() -> Iterator[Handlers]:
-    made = Handlers()
-    yield made
-    made.close()
 
 
 def _pool(handler: RedisLogHandler) -> redis.ConnectionPool:

@@ -6,7 +6,6 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -16,13 +15,6 @@ from redis_logstream import log_context
 from helpers import Handlers, entries, fresh_logger, messages, wait_for
 
 GLOBAL = "stream:logs:global"
-
-
-@pytest.fixture
-def handlers() -> Iterator[Handlers]:
-    made = Handlers()
-    yield made
-    made.close()
 
 
 # -- routing ---------------------------------------------------------------
