@@ -60,9 +60,23 @@ tools:
 	$(call ensure_apt,redis-server,redis-server)
 	$(call ensure_apt,valgrind,valgrind)
 
-test: install tools
+# The whole suite runs twice: on the newest Django LTS (5.2, in .venv) and on
+# the older one still supported (4.2, in .venv-django42 with the django-redis
+# release that supports it).
+OLD_VENV := .venv-django42
+OLD_STAMP := $(OLD_VENV)/.installed
+
+$(OLD_STAMP): pyproject.toml | $(VENV_PY)
+	@test -x $(OLD_VENV)/bin/python || $(PYTHON) -m venv $(OLD_VENV)
+	$(OLD_VENV)/bin/python -m pip install --disable-pip-version-check --quiet \
+		-e ".[dev]" "Django>=4.2,<5.0" "django-redis>=5.4,<7"
+	@touch $(OLD_STAMP)
+
+test: install tools $(OLD_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
+	@echo "--- again on Django 4.2 ---"
+	$(OLD_VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -78,4 +92,4 @@ clean:
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(OLD_VENV)
