@@ -60,16 +60,16 @@ tools:
 	$(call ensure_apt,redis-server,redis-server)
 	$(call ensure_apt,valgrind,valgrind)
 
-# The whole suite runs twice: on the newest Django LTS (5.2, in .venv) and on
-# the older one still supported (4.2, in .venv-django42 with the django-redis
-# release that supports it).
+# The whole suite runs twice: on the newest Django LTS (5.2, in .venv) with
+# the newest redis-py, and on the oldest versions supported (Django 4.2, the
+# django-redis release for it, redis-py 5.2) in .venv-django42.
 OLD_VENV := .venv-django42
 OLD_STAMP := $(OLD_VENV)/.installed
 
-$(OLD_STAMP): pyproject.toml | $(VENV_PY)
+$(OLD_STAMP): pyproject.toml Makefile | $(VENV_PY)
 	@test -x $(OLD_VENV)/bin/python || $(PYTHON) -m venv $(OLD_VENV)
 	$(OLD_VENV)/bin/python -m pip install --disable-pip-version-check --quiet \
-		-e ".[dev]" "Django>=4.2,<5.0" "django-redis>=5.4,<7"
+		-e ".[dev]" "Django>=4.2,<5.0" "django-redis>=5.4,<7" "redis>=5.2,<5.3"
 	@touch $(OLD_STAMP)
 
 test: install tools $(OLD_STAMP)

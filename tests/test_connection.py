@@ -39,7 +39,15 @@ def test_the_cache_alias_gives_a_pool_of_the_handlers_own(
     assert pool.connection_kwargs["port"] == cache_pool.connection_kwargs["port"]
     # Short timeouts and no client-side retries: the shipper decides.
     assert pool.connection_kwargs["socket_timeout"] == 1.5
-    assert pool.connection_kwargs["retry"].get_retries() == 0
+    attempts = []
+
+    def fail() -> None:
+        attempts.append(1)
+        raise redis.ConnectionError("down")
+
+    with pytest.raises(redis.ConnectionError):
+        pool.connection_kwargs["retry"].call_with_retry(fail, lambda error: None)
+    assert len(attempts) == 1
     assert pool.connection_kwargs["health_check_interval"] == 0
 
 

@@ -270,6 +270,13 @@ def test_records_logged_while_shipping_never_reenter_the_buffer(
     handler = handlers(url=own_redis.url)
     handler.shipper.retry_base = handler.shipper.retry_cap = 30.0  # flush() cuts it short
     redis_py = logging.getLogger("redis")
+    write = handler.shipper.sink.write
+
+    def chatty_write(batch: list) -> None:  # as a client library logging its I/O would
+        logging.getLogger("redis.io").debug("writing %d records", len(batch))
+        write(batch)
+
+    handler.shipper.sink.write = chatty_write
     ours = logging.getLogger("redis_logstream")
     witness = ThreadNames()
     saved = (redis_py.level, ours.handlers[:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import fakeredis
@@ -81,6 +82,7 @@ class Recorder:
         pool = client.connection_pool
         original = pool.get_connection
 
+        @functools.wraps(original)
         def get_connection(*args: Any, **kwargs: Any) -> Any:
             conn = original(*args, **kwargs)
             send = conn.send_packed_command

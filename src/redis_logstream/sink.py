@@ -15,6 +15,7 @@ The sink knows nothing of logging: it takes ``(context, bytes)`` pairs.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
@@ -61,6 +62,15 @@ def _is_transient(error: Exception) -> bool:
 def _cannot_compile(reply: Any) -> bool:
     # Lua's parser stops at the shebang's '#': "unexpected symbol near '#'".
     return isinstance(reply, ResponseError) and "near '#'" in str(reply)
+
+
+def _get_connection(pool: Any) -> Any:
+    """A connection of ``pool``: redis-py before 5.3 wants a command name,
+    later versions warn when given one."""
+    parameter = inspect.signature(pool.get_connection).parameters.get("command_name")
+    if parameter is not None and parameter.default is inspect.Parameter.empty:
+        return pool.get_connection("EVALSHA")
+    return pool.get_connection()
 
 
 def _bulk(value: bytes) -> bytes:
@@ -199,7 +209,7 @@ class RedisSink:
         try:
             conn = self._conn
             if conn is None:
-                conn = self._conn = self.client.connection_pool.get_connection()
+                conn = self._conn = _get_connection(self.client.connection_pool)
             conn.send_packed_command([b"".join(packed)], check_health=False)
             for _ in packed:
                 try:
