@@ -138,3 +138,11 @@ def test_without_django_settings_the_handler_asks_for_url_or_client() -> None:
         capture_output=True, text=True, env=env, timeout=60, check=True,
     ).stdout
     assert "needs url= or client=" in out
+
+
+def test_a_client_without_a_connection_pool_is_refused_at_configuration() -> None:
+    class NotAClient:
+        pass
+
+    with pytest.raises(ConfigurationError, match=r"must be a redis\.Redis client"):
+        RedisLogHandler(client=NotAClient())

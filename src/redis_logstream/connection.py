@@ -104,7 +104,10 @@ def client_factory(options: Options) -> Callable[[], Any]:
         client = options.client
         if isinstance(client, str):
             client = _import(client)
-        return (lambda: client()) if _is_factory(client) else (lambda: client)
+        if _is_factory(client):
+            return lambda: _checked(client())
+        _checked(client)
+        return lambda: client
     if options.url is not None:
         url = options.url
         if "://" not in url:
@@ -121,6 +124,15 @@ def _import(path: str) -> Any:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as exc:
         raise ConfigurationError(f"RedisLogHandler: cannot import client={path!r}: {exc}") from exc
+
+
+def _checked(client: Any) -> Any:
+    if not hasattr(client, "connection_pool"):
+        raise ConfigurationError(
+            f"RedisLogHandler: client= must be a redis.Redis client (or a callable returning "
+            f"one), not {type(client).__name__}; Redis Cluster clients are not supported yet."
+        )
+    return client
 
 
 def _is_factory(client: Any) -> bool:
