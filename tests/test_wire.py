@@ -104,6 +104,19 @@ def test_any_timestamp_round_trips_exactly(created):
     assert record["timestamp"] == created
 
 
+@given(st.floats(min_value=2**30, max_value=1e15, exclude_max=True))
+def test_timestamps_of_this_era_round_trip_exactly_through_the_short_fixed_form(created):
+    _, data, record = encode(created=created)
+    assert record["timestamp"] == created
+    assert re.search(rb'"timestamp":\d+\.\d{7},', data)
+
+
+@pytest.mark.parametrize("created", [float("nan"), float("inf"), float("-inf")])
+def test_a_timestamp_that_is_not_a_number_is_null_and_the_json_stays_valid(created):
+    _, _, record = encode(created=created)
+    assert record["timestamp"] is None
+
+
 def test_integer_created_is_encoded_as_a_number():
     _, data, record = encode(created=1764028888)
     assert record["timestamp"] == 1764028888
