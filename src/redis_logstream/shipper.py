@@ -116,7 +116,10 @@ class Shipper:
         #: does a caller pay for wake().
         self.idle = True
         self._lock = threading.Lock()
-        self._has_data = threading.Event()
+        # The worker sleeps in acquire() on this held lock and callers wake
+        # it with release(): two C calls, where Event.set() runs Python code.
+        self._data_ready = threading.Lock()
+        self._data_ready.acquire()
         self._urgent = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -159,7 +162,10 @@ class Shipper:
         """Start the worker if needed and tell it that data waits."""
         if self._thread is None:
             self._start()
-        self._has_data.set()
+        try:  # noqa: SIM105 - contextlib.suppress would cost a Python call per wake-up
+            self._data_ready.release()
+        except RuntimeError:  # released already: the worker is on its way
+            pass
 
     def _start(self) -> None:
         with self._lock:
@@ -211,7 +217,8 @@ class Shipper:
         self._deadline = time.monotonic() + timeout
         self._stopping = True
         self._urgent.set()
-        self._has_data.set()
+        with contextlib.suppress(RuntimeError):  # wake the worker if it sleeps
+            self._data_ready.release()
 
     def _finish_shutdown(self) -> bool:
         thread = self._thread
@@ -257,7 +264,7 @@ class Shipper:
     def _run(self) -> None:
         user_id_context.set(INTERNAL)  # nothing logged here re-enters a handler
         buffer = self.buffer
-        has_data = self._has_data
+        data_ready = self._data_ready
         try:
             while not (self._stopping and time.monotonic() >= self._deadline):
                 if not buffer and not self._unsent:
@@ -265,8 +272,9 @@ class Shipper:
                         return
                     self.idle = True
                     if not buffer and not self._stopping:
-                        has_data.wait()
-                    has_data.clear()
+                        data_ready.acquire()
+                    else:
+                        data_ready.acquire(blocking=False)  # take back a stale wake-up
                     self.idle = False
                     continue
                 if (
