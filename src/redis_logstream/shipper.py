@@ -18,18 +18,16 @@ for good; any other exception means nothing was delivered.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
-import os
 import random
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from . import lifecycle
 from .context import INTERNAL, user_id_context
 from .diagnostics import RateLimiter, report
 
@@ -68,9 +66,6 @@ class _FlushMarker:
         self.done.set()
 
 
-_live: weakref.WeakSet[Shipper] = weakref.WeakSet()
-
-
 class Shipper:
     """Buffer, batch and retry records on their way to a sink."""
 
@@ -104,7 +99,7 @@ class Shipper:
         self.shutdown_timeout = shutdown_timeout
         self.name = name
         self._init_state()
-        _live.add(self)
+        lifecycle.track(self)
 
     def _init_state(self) -> None:
         """Fresh buffer, locks, thread and counters (also the child's after fork)."""
@@ -208,10 +203,20 @@ class Shipper:
         Returns True when nothing was left behind.  A later append starts
         a new worker, as a closed FileHandler reopens its file.
         """
-        self._begin_shutdown(timeout)
-        return self._finish_shutdown()
+        self.begin_shutdown(timeout)
+        return self.finish_shutdown()
 
-    def _begin_shutdown(self, timeout: float | None) -> None:
+    @property
+    def active(self) -> bool:
+        """A worker runs, or records wait for one."""
+        return self._thread is not None or self.pending() > 0
+
+    def finalize(self) -> None:
+        """The interpreter is exiting: start no worker from now on."""
+        self._finalized = True
+
+    def begin_shutdown(self, timeout: float | None) -> None:
+        """Ask the worker to write what is buffered and stop, by ``timeout``."""
         if timeout is None:
             timeout = self.shutdown_timeout
         self._deadline = time.monotonic() + timeout
@@ -220,7 +225,8 @@ class Shipper:
         with contextlib.suppress(RuntimeError):  # wake the worker if it sleeps
             self._data_ready.release()
 
-    def _finish_shutdown(self) -> bool:
+    def finish_shutdown(self) -> bool:
+        """Wait for the worker until the deadline; True when nothing was left behind."""
         thread = self._thread
         if thread is not None:
             thread.join(max(0.0, self._deadline - time.monotonic()))
@@ -397,34 +403,3 @@ class Shipper:
             "drop-old" if self.drop_old else "drop-new",
             new,
         )
-
-
-def _shutdown_all() -> None:
-    """At exit: write what is buffered, all shippers at once, each within its
-    own shutdown_timeout; then say what could not be written."""
-    shippers = [s for s in list(_live) if s._thread is not None or s.pending()]
-    for shipper in shippers:
-        shipper._begin_shutdown(None)
-    lost = 0
-    for shipper in shippers:
-        shipper._finish_shutdown()
-        lost += shipper.pending()
-    for shipper in list(_live):
-        shipper._finalized = True
-    if lost:
-        report(
-            logging.WARNING,
-            "redis_logstream: %d records not delivered at exit (last error: %s)",
-            lost,
-            next((s.last_error for s in shippers if s.last_error), "none"),
-        )
-
-
-def _after_fork_in_child() -> None:
-    for shipper in list(_live):
-        shipper.after_fork()
-
-
-atexit.register(_shutdown_all)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
