@@ -155,12 +155,15 @@ class Shipper:
 
     def wake(self) -> None:
         """Start the worker if needed and tell it that data waits."""
+        # Until the worker says it waits again, later callers need not call.
+        self.idle = False
         if self._thread is None:
             self._start()
-        try:  # noqa: SIM105 - contextlib.suppress would cost a Python call per wake-up
-            self._data_ready.release()
-        except RuntimeError:  # released already: the worker is on its way
-            pass
+        if self._data_ready.locked():
+            try:  # noqa: SIM105 - contextlib.suppress would cost a Python call here
+                self._data_ready.release()
+            except RuntimeError:  # another caller released it first
+                pass
 
     def _start(self) -> None:
         with self._lock:
