@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import logging.handlers
@@ -61,12 +62,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import redis
 
+import redis_logstream
 from redis_logstream import RedisLogHandler, get_log_context, log_context
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -375,6 +377,33 @@ def child_main(args: argparse.Namespace) -> int:
     return 0 if result["delivered"] else 3
 
 
+def source_fingerprint() -> str:
+    """A digest of the package's source: children import it afresh, so a
+    change during the run would mix versions (and bytecode compiled inside a
+    measured child would count as logging cost)."""
+    package = Path(redis_logstream.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*")):
+        if path.suffix in (".py", ".lua") and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(package)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def source_revision() -> dict[str, Any]:
+    """Which commit was measured, and whether the package had local changes."""
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+                              check=False, timeout=30)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    return {
+        "commit": git("rev-parse", "--short", "HEAD") or None,
+        "src_dirty": bool(git("status", "--porcelain", "--", "src")),
+        "fingerprint": source_fingerprint(),
+    }
+
+
 def child_env() -> dict[str, str]:
     """The same environment for every child: fixed hash seed, no Django site."""
     env = dict(os.environ)
@@ -411,12 +440,24 @@ def callgrind_run(name: str, records: int, warmup: int, server: PrivateRedis,
     shutil.rmtree(rundir, ignore_errors=True)
     rundir.mkdir(parents=True)
     result_path = rundir / "child.json"
+    child = [sys.executable, str(SCRIPT), "--child", name, "--warmup", str(warmup),
+             "--url", server.url]
+    # A dry run outside valgrind first: it leaves the bytecode of everything
+    # the child imports cached, so that no measured child compiles a module
+    # (source edited since the last import would cost one run, not the other).
+    subprocess.run([*child, "--records", "0", "--child-result", str(rundir / "dry.json")],
+                   env=child_env(), capture_output=True, timeout=120, check=True)
     server.flushall()
+    # --fair-sched=yes: valgrind runs one thread at a time, and its default
+    # lock lets a busy thread take it back at once, so a woken shipper can wait
+    # for hundreds of records while the logging thread keeps the CPU.  In one
+    # run out of three that changed the logging thread's count by 5-10%: the
+    # wake-up path taken for each of those records.  A fair hand-over is
+    # closer to two threads on two cores, and repeats.
     cmd = [
-        "valgrind", "--tool=callgrind", "--separate-threads=yes",
+        "valgrind", "--tool=callgrind", "--separate-threads=yes", "--fair-sched=yes",
         f"--callgrind-out-file={rundir}/cg.%p",
-        sys.executable, str(SCRIPT), "--child", name, "--records", str(records),
-        "--warmup", str(warmup), "--url", server.url, "--child-result", str(result_path),
+        *child, "--records", str(records), "--child-result", str(result_path),
     ]
     started = time.monotonic()
     proc = subprocess.run(cmd, env=child_env(), capture_output=True, timeout=CHILD_TIMEOUT,
@@ -447,11 +488,20 @@ def measure_instructions(server: PrivateRedis, short: int, long: int, warmup: in
     """(instructions_long - instructions_short) / (long - short), per handler."""
     results: dict[str, Any] = {}
     for name in HANDLERS:
-        runs = [callgrind_run(name, n, warmup, server, out) for n in (short, long)]
+        for _attempt in range(3):
+            before = source_fingerprint()
+            runs = [callgrind_run(name, n, warmup, server, out) for n in (short, long)]
+            after = source_fingerprint()
+            if before == after:
+                break
+            print(f"  {name}: the package's source changed during its runs; again", flush=True)
+        else:
+            raise RuntimeError("the package's source keeps changing: measure a quiet checkout")
         span = long - short
         entry: dict[str, Any] = {
             "main": (runs[1]["main"] - runs[0]["main"]) / span,
             "all": (runs[1]["all"] - runs[0]["all"]) / span,
+            "source": after,
             "runs": runs,
         }
         stats = [run["child"]["stats"] for run in runs]
@@ -498,9 +548,11 @@ def measure_wall_clock(subjects: dict[str, Subject], count: int, rounds: int) ->
 # -- C: burst ----------------------------------------------------------------------------
 
 
-def timed_burst(logger: logging.Logger, subject: Subject, count: int) -> float:
-    """Seconds from the first emit until the last record is delivered."""
+def timed_burst(logger: logging.Logger, subject: Subject, count: int) -> tuple[float, float]:
+    """Seconds from the first emit until the last record is delivered, and the
+    CPU seconds this process (all its threads) used meanwhile."""
     with attached(logger, subject.handler):
+        cpu_started = time.process_time()
         started = time.perf_counter()
         log_records(logger, count)
         if subject.listener is not None:
@@ -511,69 +563,69 @@ def timed_burst(logger: logging.Logger, subject: Subject, count: int) -> float:
         else:
             ok = True
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
     if subject.listener is not None:
         subject.listener.start()
     if not ok:
         raise RuntimeError(f"{subject.name}: burst not delivered within {FLUSH_TIMEOUT} s")
-    return elapsed
+    return elapsed, cpu
 
 
 def measure_burst(subjects: dict[str, Subject], server: PrivateRedis, count: int,
                   naive_count: int, rounds: int) -> dict[str, Any]:
-    """Burst of records from one thread, timed until stored; Redis CPU per record.
+    """Burst of records from one thread, timed until stored; CPU per record.
 
-    Redis is flushed before each Redis round so every round starts from
-    empty streams; Redis's CPU is read around the burst (INFO cpu).
+    Redis is flushed before each of its rounds so that every round starts
+    from empty streams; Redis's own CPU is read around the burst (INFO cpu).
+    The process's CPU is kept too: on a machine with a spare core for Redis
+    the burst time follows it, on a busy one Redis's CPU adds to the time.
     """
     logger = bench_logger()
+    counts = {name: count for name in HANDLERS}
+    counts["naive"] = naive_count
     seconds: dict[str, list[float]] = {name: [] for name in HANDLERS}
+    cpu: dict[str, list[float]] = {name: [] for name in HANDLERS}
     redis_cpu: dict[str, list[float]] = {"ours": [], "naive": []}
     ours = subjects["ours"]
     dropped_before = ours.stats()["dropped"]
-
-    def redis_round(name: str, n: int) -> None:
-        server.flushall()
-        cpu_before = server.cpu_seconds()
-        seconds[name].append(timed_burst(logger, subjects[name], n))
-        redis_cpu[name].append((server.cpu_seconds() - cpu_before) / n)
-        stored = server.entries_added()
-        if stored != n:
-            raise RuntimeError(f"{name} burst: {stored} of {n} records in Redis")
-
-    runs: dict[str, Callable[[], None]] = {
-        "format-only": lambda: seconds["format-only"].append(
-            timed_burst(logger, subjects["format-only"], count)),
-        "ours": lambda: redis_round("ours", count),
-        "queue": lambda: seconds["queue"].append(timed_burst(logger, subjects["queue"], count)),
-        "naive": lambda: redis_round("naive", naive_count),
-    }
+    load_before = os.getloadavg()[0]
     with log_context(CONTEXT):
         for round_ in range(rounds):
             order = ("format-only", "ours", "queue", "naive")
-            if round_ % 2:
-                order = order[::-1]
-            for name in order:
-                runs[name]()
-    counts = {name: count for name in HANDLERS}
-    counts["naive"] = naive_count
-    result: dict[str, Any] = {}
+            for name in order[::-1] if round_ % 2 else order:
+                n = counts[name]
+                if name in redis_cpu:
+                    server.flushall()
+                    redis_before = server.cpu_seconds()
+                elapsed, used = timed_burst(logger, subjects[name], n)
+                seconds[name].append(elapsed)
+                cpu[name].append(used)
+                if name in redis_cpu:
+                    redis_cpu[name].append((server.cpu_seconds() - redis_before) / n)
+                    stored = server.entries_added()
+                    if stored != n:
+                        raise RuntimeError(f"{name} burst: {stored} of {n} records in Redis")
+    result: dict[str, Any] = {"loadavg_1min": [load_before, os.getloadavg()[0]]}
     for name in HANDLERS:
         median = statistics.median(seconds[name])
         result[name] = {
             "records": counts[name],
             "seconds_median": median,
             "records_per_s": counts[name] / median,
+            "process_cpu_us_per_record": statistics.median(cpu[name]) / counts[name] * 1e6,
             "rounds": seconds[name],
+            "cpu_rounds": cpu[name],
         }
         if name in redis_cpu:
             result[name]["redis_cpu_us_per_record"] = statistics.median(redis_cpu[name]) * 1e6
-    result["ours"]["dropped"] = ours.stats()["dropped"] - dropped_before
-    result["ours"]["ratio_to_format_only"] = median_ratio(seconds["ours"], seconds["format-only"])
-    # Each round's own ratio too: rounds next to each other share the
-    # machine's load, so their spread shows how much of the ratio is noise.
-    result["ours"]["round_ratios"] = [
-        ours_s / fmt_s for ours_s, fmt_s in zip(seconds["ours"], seconds["format-only"],
-                                                strict=True)
+    ours_result = result["ours"]
+    ours_result["dropped"] = ours.stats()["dropped"] - dropped_before
+    ours_result["ratio_to_format_only"] = median_ratio(seconds["ours"], seconds["format-only"])
+    ours_result["cpu_ratio_to_format_only"] = median_ratio(cpu["ours"], cpu["format-only"])
+    # Each round's own ratio too: neighbouring runs share the machine's
+    # load, so the spread shows how much of the ratio is noise.
+    ours_result["round_ratios"] = [
+        mine / base for mine, base in zip(seconds["ours"], seconds["format-only"], strict=True)
     ]
     return result
 
@@ -650,31 +702,45 @@ def render_table(results: dict[str, Any]) -> str:
     burst = results["burst"]
     base_main = instr["format-only"]["main"]
     base_wall = wall["format-only"]["median"]
-    base_burst = burst["format-only"]["seconds_median"] / burst["format-only"]["records"]
-    header = (f"{'handler':<16} {'instr/rec main':>14} {'x':>6} {'instr/rec all':>14} {'x':>6} "
-              f"{'emit us/rec':>11} {'x':>6} {'burst rec/s':>12} {'burst x':>7} "
-              f"{'redis us/rec':>12} {'drops':>5}")
+    base = burst["format-only"]
+    base_time = base["seconds_median"] / base["records"]
+    base_cpu = base["process_cpu_us_per_record"]
+    header = (f"{'handler':<16} {'instr/rec main':>14} {'x':>5} {'instr/rec all':>13} {'x':>5} "
+              f"{'emit us':>7} {'x':>5} {'burst rec/s':>11} {'x':>5} {'cpu us':>6} {'x':>5} "
+              f"{'redis us':>8} {'drops':>5}")
     lines = [header, "-" * len(header)]
     for name in HANDLERS:
         i, w, b = instr[name], wall[name], burst[name]
         redis_us = b.get("redis_cpu_us_per_record")
-        per_record = b["seconds_median"] / b["records"]
         drops = b.get("dropped")
+        cpu_us = b["process_cpu_us_per_record"]
         lines.append(
-            f"{LABELS[name]:<16} {i['main']:>14,.0f} {i['main'] / base_main:>6.2f} "
-            f"{i['all']:>14,.0f} {i['all'] / base_main:>6.2f} "
-            f"{w['median'] * 1e6:>11.2f} {w['median'] / base_wall:>6.2f} "
-            f"{b['records_per_s']:>12,.0f} {per_record / base_burst:>7.2f} "
-            f"{'' if redis_us is None else f'{redis_us:.2f}':>12} "
-            f"{'' if drops is None else drops:>5}"
+            f"{LABELS[name]:<16} {i['main']:>14,.0f} {i['main'] / base_main:>5.2f} "
+            f"{i['all']:>13,.0f} {i['all'] / base_main:>5.2f} "
+            f"{w['median'] * 1e6:>7.1f} {w['median'] / base_wall:>5.2f} "
+            f"{b['records_per_s']:>11,.0f} "
+            f"{b['seconds_median'] / b['records'] / base_time:>5.2f} "
+            f"{cpu_us:>6.1f} {cpu_us / base_cpu:>5.2f} "
+            f"{'-' if redis_us is None else f'{redis_us:.1f}':>8} "
+            f"{'-' if drops is None else drops:>5}"
         )
-    lines.append("")
-    lines.append("x: ratio to format-only (instructions: to format-only's logging thread; burst:"
-                 " time per record delivered, to the format-only loop's).")
-    lines.append(f"burst: {burst['ours']['records']:,} records (naive "
-                 f"{burst['naive']['records']:,}), median of {len(burst['ours']['rounds'])} rounds;"
-                 f" emit: {results['config']['wall_records']:,} records x "
-                 f"{results['config']['wall_rounds']} rounds, median.")
+    config = results["config"]
+    ours = burst["ours"]
+    spread = ", ".join(f"{ratio:.2f}" for ratio in ours["round_ratios"])
+    load = burst["loadavg_1min"]
+    lines += [
+        "",
+        "instr/rec: callgrind instructions per record, logging thread and all threads "
+        f"({config['callgrind_records'][1]:,} - {config['callgrind_records'][0]:,} records).",
+        f"emit us: wall-clock of the logging call, median of {config['wall_rounds']} rounds of "
+        f"{config['wall_records']:,}.",
+        f"burst: {ours['records']:,} records (naive {burst['naive']['records']:,}) until "
+        f"delivered, median of {len(ours['rounds'])} rounds; cpu us: this process's CPU per "
+        "record (all threads); redis us: redis-server's CPU per record.",
+        "x: ratio to format-only (instructions: to its logging thread).",
+        f"ours burst/format-only per round: {spread} (1-min load average {load[0]:.2f} before, "
+        f"{load[1]:.2f} after).",
+    ]
     rpb = instr["ours"].get("records_per_batch")
     if rpb:
         lines.append(f"ours under callgrind: {rpb:.0f} records per batch on average.")
@@ -824,7 +890,8 @@ def run(args: argparse.Namespace) -> int:
     server = PrivateRedis()
     subjects: dict[str, Subject] = {}
     try:
-        results: dict[str, Any] = {"machine": machine(), "config": config}
+        results: dict[str, Any] = {"machine": machine(), "config": config,
+                                   "source": source_revision()}
         results["machine"]["redis_server"] = server.version()
         print(f"redis-server {results['machine']['redis_server']} on port {server.port} "
               f"(pid {server.proc.pid if server.proc else '?'})", flush=True)
@@ -860,6 +927,10 @@ def run(args: argparse.Namespace) -> int:
                 subject.close()
         server.stop()
 
+    results["source"]["fingerprint_end"] = source_fingerprint()
+    results["source"]["changed_during_run"] = (
+        results["source"]["fingerprint_end"] != results["source"]["fingerprint"]
+    )
     results["checks"] = check_thresholds(results)
     results["seconds"] = round(time.monotonic() - started, 1)
     table = render_table(results)
@@ -871,6 +942,11 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(f"{m['nproc']} x {m['cpu']}, Python {m['python']}, redis-server {m['redis_server']},"
           f" redis-py {m['redis_py']}, {m['valgrind']}")
+    src = results["source"]
+    print(f"measured: commit {src['commit']}{' + local changes in src' if src['src_dirty'] else ''}"
+          f", source {src['fingerprint']}")
+    if src["changed_during_run"]:
+        print("WARNING: the package's source changed during the run: the figures mix versions")
     print(table)
     print()
     for check in results["checks"]:
