@@ -14,19 +14,21 @@ and subtracted, leaving what the first one adds.
 
 CPython's own functions are what callgrind sees: Python-level functions show
 up only through the C functions they call (``bytes_mod`` for ``b"%b" % ...``,
-``py_encode_basestring`` for json's string escaper, ``_Py_dg_dtoa`` for
-``repr(float)``), which is usually enough to tell which line is responsible.
+``py_encode_basestring`` for json's string escaper, ``formatfloat`` and
+``_Py_dg_dtoa`` for ``b"%.7f" % ...`` or ``repr(float)``), which is usually
+enough to tell which line is responsible.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from callgrind_files import records_of, thread_files
 
 _LINE = re.compile(r"\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*)")
 _BUILD_PREFIX = re.compile(r"/tmp/python-build[^ ]*?/Python-[\d.]+/")
@@ -52,15 +54,10 @@ def function_costs(path: Path, inclusive: bool) -> dict[str, int]:
 
 def thread_file(rundir: Path, thread: int) -> Path:
     """The callgrind file of one thread of a run (1: the logging thread)."""
-    matches = sorted(rundir.glob(f"cg.*-{thread:02d}"))
-    if not matches:
+    path = thread_files(rundir).get(thread)
+    if path is None:
         raise SystemExit(f"{rundir}: no callgrind file for thread {thread}")
-    return matches[0]
-
-
-def records_of(rundir: Path) -> int:
-    """How many records the run measured (warm-up excluded; it cancels)."""
-    return int(json.loads((rundir / "child.json").read_text())["records"])
+    return path
 
 
 def per_record(short: Path, long: Path, thread: int, inclusive: bool) -> dict[str, float]:
