@@ -38,8 +38,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    # The library's middleware (request user -> log context) goes here, after
-    # AuthenticationMiddleware, once it exists.
+    # Request user -> log context: after AuthenticationMiddleware.
+    "redis_logstream.middleware.LogContextMiddleware",
 ]
 
 ROOT_URLCONF = "testproject.urls"

@@ -5,9 +5,19 @@ from django.apps import AppConfig
 
 class RedisLogstreamConfig(AppConfig):
     """Installing the app is optional for the handler itself; it brings the
-    management commands, system checks and the live console."""
+    management commands, the system checks, the Celery integration and the
+    live console."""
 
     name = "redis_logstream"
     label = "redis_logstream"
     verbose_name = "Redis log stream"
     default_auto_field = "django.db.models.AutoField"
+
+    def ready(self) -> None:
+        from . import checks  # noqa: F401 - registers the system checks
+        from .conf import site_setting
+
+        if site_setting("celery"):
+            from .celery import install_if_available
+
+            install_if_available()

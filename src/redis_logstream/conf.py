@@ -74,9 +74,22 @@ def _check_positive_int(options: Options, *names: str, minimum: int = 1) -> None
 OPTION_NAMES = tuple(f.name for f in fields(Options))
 DEFAULTS: Mapping[str, Any] = {f.name: f.default for f in fields(Options)}
 
+#: Site-wide settings that are not handler options (``settings.REDIS_LOGSTREAM``
+#: only), with their defaults.
+SITE_DEFAULTS: Mapping[str, Any] = {
+    # Carry the log context into Celery tasks, and give a task sent without
+    # one a job context of its own (see docs/celery.md).
+    "celery": True,
+}
+
+
+def site_setting(name: str) -> Any:
+    """A site-only setting (see SITE_DEFAULTS), from settings or its default."""
+    return site_settings().get(name, SITE_DEFAULTS[name])
+
 
 def _unknown(name: str, source: str) -> TypeError:
-    close = difflib.get_close_matches(name.lower(), OPTION_NAMES, n=1)
+    close = difflib.get_close_matches(name.lower(), (*OPTION_NAMES, *SITE_DEFAULTS), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return TypeError(f"Unknown redis_logstream option {name!r} in {source}.{hint}")
 
@@ -97,9 +110,10 @@ def site_settings() -> dict[str, Any]:
 
 def resolve_options(overrides: Mapping[str, Any] | None = None) -> Options:
     """Merge defaults, site settings and ``overrides``; raise on any bad name or value."""
+    site = {k: v for k, v in site_settings().items() if k not in SITE_DEFAULTS}
     merged: dict[str, Any] = {}
     for source, values in (
-        ("settings.REDIS_LOGSTREAM", site_settings()),
+        ("settings.REDIS_LOGSTREAM", site),
         ("the handler's arguments", dict(overrides or {})),
     ):
         for name, value in values.items():

@@ -1,0 +1,81 @@
+"""System checks: a misconfigured handler is reported by ``manage.py check``
+with the option's name and a hint, before any record is lost.
+
+Ids: ``redis_logstream.E001`` no usable connection, ``E002`` unknown option,
+``E003`` invalid value, ``W001`` middleware placed before authentication.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning, register
+
+from .conf import resolve_options
+from .connection import ConfigurationError, client_factory
+
+HANDLER_PATHS = {"redis_logstream.RedisLogHandler", "redis_logstream.handler.RedisLogHandler"}
+MIDDLEWARE_PATH = "redis_logstream.middleware.LogContextMiddleware"
+AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
+# Keys of a dictConfig handler entry that logging itself consumes.
+_LOGGING_KEYS = {"class", "()", "level", "formatter", "filters", ".", "stream"}
+
+
+def _handler_entries() -> Iterable[tuple[str, dict[str, Any]]]:
+    handlers = (getattr(settings, "LOGGING", None) or {}).get("handlers") or {}
+    for name, entry in handlers.items():
+        if isinstance(entry, Mapping) and (entry.get("class") or entry.get("()")) in HANDLER_PATHS:
+            yield name, {k: v for k, v in entry.items() if k not in _LOGGING_KEYS}
+
+
+def _check_options(where: str, options: Mapping[str, Any]) -> list[CheckMessage]:
+    try:
+        resolved = resolve_options(options)
+    except TypeError as exc:
+        return [Error(str(exc), hint="See docs/configuration.md for the option names.",
+                      obj=where, id="redis_logstream.E002")]
+    except ValueError as exc:
+        return [Error(str(exc), hint="See docs/configuration.md for the allowed values.",
+                      obj=where, id="redis_logstream.E003")]
+    try:
+        client_factory(resolved)
+    except ConfigurationError as exc:
+        return [Error(
+            str(exc),
+            hint="Give the handler url= (redis://...), client=, or connection= naming a "
+            "django-redis cache alias in settings.CACHES.",
+            obj=where, id="redis_logstream.E001",
+        )]
+    return []
+
+
+@register("redis_logstream")
+def check_handlers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Every RedisLogHandler in LOGGING, and REDIS_LOGSTREAM alone, must resolve."""
+    messages: list[CheckMessage] = []
+    entries = list(_handler_entries())
+    for name, options in entries:
+        messages += _check_options(f"LOGGING['handlers'][{name!r}]", options)
+    if not entries and getattr(settings, "REDIS_LOGSTREAM", None):
+        messages += _check_options("settings.REDIS_LOGSTREAM", {})
+    return messages
+
+
+@register("redis_logstream")
+def check_middleware_order(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The middleware reads request.user, which authentication sets."""
+    middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
+    if MIDDLEWARE_PATH not in middleware:
+        return []
+    if AUTH_MIDDLEWARE in middleware and middleware.index(AUTH_MIDDLEWARE) < middleware.index(
+        MIDDLEWARE_PATH
+    ):
+        return []
+    return [Warning(
+        "LogContextMiddleware runs before AuthenticationMiddleware: it cannot see the "
+        "user, so requests get no log context.",
+        hint=f"Put {MIDDLEWARE_PATH!r} after {AUTH_MIDDLEWARE!r} in MIDDLEWARE.",
+        obj="settings.MIDDLEWARE", id="redis_logstream.W001",
+    )]

@@ -1,0 +1,80 @@
+"""System checks: misconfiguration is reported by id, with a hint."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from django.core.checks import run_checks
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+
+
+def ids(settings) -> list[str]:
+    return [message.id for message in run_checks(tags=["redis_logstream"])]
+
+
+def with_handler(settings, **options) -> None:
+    logging_config = copy.deepcopy(settings.LOGGING)
+    logging_config["handlers"]["redis"] = {
+        "class": "redis_logstream.RedisLogHandler", "level": "INFO", **options,
+    }
+    settings.LOGGING = logging_config
+
+
+def test_the_testproject_passes_every_check(settings) -> None:
+    assert ids(settings) == []
+
+
+def test_a_handler_without_a_usable_connection_is_e001(settings) -> None:
+    with_handler(settings, connection="nosuch")
+    (message,) = run_checks(tags=["redis_logstream"])
+    assert message.id == "redis_logstream.E001"
+    assert "nosuch" in message.msg
+    assert "url=" in message.hint
+    assert message.obj == "LOGGING['handlers']['redis']"
+
+
+def test_a_cache_alias_outside_django_redis_caches_is_e001_too(settings) -> None:
+    settings.REDIS_LOGSTREAM = {"CONNECTION": "elsewhere"}
+    assert ids(settings) == ["redis_logstream.E001"]
+
+
+def test_an_unknown_option_is_e002_with_the_close_match(settings) -> None:
+    with_handler(settings, queue_sise=10)
+    (message,) = run_checks(tags=["redis_logstream"])
+    assert message.id == "redis_logstream.E002"
+    assert "queue_size" in message.msg
+
+
+def test_an_unknown_site_setting_is_e002(settings) -> None:
+    settings.REDIS_LOGSTREAM = {"STREAM_MAXLENGTH": 10}
+    assert ids(settings) == ["redis_logstream.E002"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"queue_size": -1}, {"overflow": "drop-all"}, {"batch_size": 0}, {"global_ttl": 0}],
+)
+def test_an_invalid_value_is_e003(settings, options) -> None:
+    with_handler(settings, **options)
+    (message,) = run_checks(tags=["redis_logstream"])
+    assert message.id == "redis_logstream.E003"
+    assert next(iter(options)) in message.msg
+
+
+def test_site_only_settings_are_not_handler_options(settings) -> None:
+    settings.REDIS_LOGSTREAM = {"CONNECTION": "default", "CELERY": False}
+    assert ids(settings) == []
+
+
+def test_the_middleware_before_authentication_is_w001(settings) -> None:
+    middleware = [m for m in settings.MIDDLEWARE if "LogContextMiddleware" not in m]
+    settings.MIDDLEWARE = ["redis_logstream.middleware.LogContextMiddleware", *middleware]
+    assert ids(settings) == ["redis_logstream.W001"]
+
+
+def test_manage_py_check_fails_on_errors(settings) -> None:
+    with_handler(settings, overflow="drop-all")
+    with pytest.raises(SystemCheckError, match=r"redis_logstream\.E003"):
+        call_command("check")
