@@ -3,11 +3,12 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from testproject import views
+from testproject import jobs, views
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("work/", views.work, name="work"),
+    path("jobs/start/", jobs.start_job, name="start-job"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
     # The library's SSE endpoint and live console page will be mounted here:

@@ -7,7 +7,7 @@ import logging
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
-from redis_logstream import get_user_context, job_id_factory, log_context
+from redis_logstream import get_log_context, get_user_context, job_id_factory, log_context
 
 logger = logging.getLogger(__name__)
 
@@ -15,10 +15,11 @@ MAX_STEPS = 20
 
 
 def home(request: HttpRequest) -> HttpResponse:
-    """Landing page with links; its visit is one record without a context."""
+    """Landing page with links; its visit is one record (under the user's
+    context when signed in: LogContextMiddleware sets it)."""
     who = request.user.get_username() if request.user.is_authenticated else "anonymous"
     logger.info("home page viewed by %s", who)
-    return render(request, "home.html")
+    return render(request, "home.html", {"log_context": get_log_context()})
 
 
 def work(request: HttpRequest) -> JsonResponse:
