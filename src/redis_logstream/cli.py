@@ -1,0 +1,96 @@
+"""``redis-logstream``: the log readers without a Django project.
+
+A worker host, a CI job or an operator's laptop may have no Django project
+at hand, only a Redis URL; this console script runs the same code as the
+management commands (:mod:`.tail`), with the connection given on the
+command line.  Subcommands keep room for ``consume`` and ``purge``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__, tail
+from .cmdline import CommandFailed, silence_stdout, url_connection
+from .reader import DEFAULT_BLOCK_MS, StreamReader
+from .render import use_color
+
+__all__ = ["build_parser", "main"]
+
+PROG = "redis-logstream"
+
+TAIL_URL_EXAMPLE = f"""\
+  Any Redis, by URL (or export REDIS_URL once, as the examples below do):
+      {PROG} tail --url redis://:secret@logs.internal:6379/0 --global -f
+
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand (``redis-logstream COMMAND --help``)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Read the log records that django-redis-logstream keeps in Redis, "
+        "with nothing but a Redis URL.",
+        epilog=f"Run '{PROG} COMMAND --help' for a command's options and examples.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    tail_parser = commands.add_parser(
+        "tail",
+        help="print, and with -f follow, the records of a context or of the whole site",
+        description=tail.DESCRIPTION,
+        epilog=tail.epilog(f"{PROG} tail", extra=TAIL_URL_EXAMPLE),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tail.add_arguments(tail_parser, site=False)
+    connection = tail_parser.add_argument_group("connection and colour")
+    connection.add_argument(
+        "--url",
+        help="the Redis to read: redis://[[user]:password@]host[:port][/db], "
+        "rediss://... or unix:///path/to/redis.sock (default: $REDIS_URL)",
+    )
+    colour = connection.add_mutually_exclusive_group()
+    colour.add_argument(
+        "--no-color", dest="color", action="store_false", default=None,
+        help="never colour the output (default: colour on a terminal, unless NO_COLOR is set)",
+    )  # fmt: skip
+    colour.add_argument(
+        "--force-color", dest="color", action="store_true",
+        help="colour the output even when it is not a terminal",
+    )  # fmt: skip
+    tail_parser.set_defaults(run=run_tail)
+    return parser
+
+
+def run_tail(args: argparse.Namespace) -> None:
+    """``redis-logstream tail``: the connection from --url, the rest shared."""
+    options = vars(args)
+    request = tail.TailRequest.from_options(options)
+    client, names = url_connection(args.url, options, DEFAULT_BLOCK_MS)
+    reader = StreamReader(client, names, block_ms=DEFAULT_BLOCK_MS)
+    color = use_color(sys.stdout, args.color)
+    tail.tail(reader, request, sys.stdout, sys.stderr, color=color)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; return its exit status (failures are one line)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except CommandFailed as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        return 0  # Ctrl-C is how a follow ends
+    except BrokenPipeError:
+        silence_stdout()  # the reader of our output left (| head)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""``manage.py tail_logs``: print and follow a log context's records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import CommandParser
+
+from ... import tail
+from ...cmdline import site_connection
+from ...reader import StreamReader
+from ...render import use_color
+from .. import ReaderCommand
+
+
+class Command(ReaderCommand):
+    help = tail.DESCRIPTION
+    epilog = staticmethod(tail.epilog)
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        tail.add_arguments(parser, site=True)
+        parser.add_argument(
+            "--url",
+            help="read this Redis (redis://, rediss://, unix://) instead of the site's "
+            "(default: the handler's: REDIS_LOGSTREAM['URL'], else the django-redis "
+            "cache alias REDIS_LOGSTREAM['CONNECTION'], 'default')",
+        )
+
+    def run(self, options: dict[str, Any]) -> None:
+        request = tail.TailRequest.from_options(options)
+        client, names = site_connection(options)
+        if options.get("force_color"):
+            color = True
+        elif options.get("no_color"):
+            color = False
+        else:
+            color = use_color(self.stdout)
+        tail.tail(StreamReader(client, names), request, self.stdout, self.stderr, color=color)

@@ -1,0 +1,188 @@
+"""``purge``: deleting log streams, behind ``manage.py purge_log_context``
+(and a later ``redis-logstream purge``).
+
+Streams expire on their own (``context_ttl``, ``global_ttl``); purging is
+for when a user's records must go now.  It says, stream by stream, what it
+deleted and how much that stream held, because "done" is not an answer an
+operator can check.  ``--all`` finds streams with ``SCAN`` (``KEYS`` would
+freeze a busy Redis) and deletes only keys that are streams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from .cmdline import USAGE, CommandFailed, add_naming_arguments, check_context, redis_errors
+from .naming import Names
+
+__all__ = ["DESCRIPTION", "PurgeRequest", "add_arguments", "epilog", "glob_escape", "purge"]
+
+DESCRIPTION = """\
+Delete the Redis streams that keep the log records of the named contexts
+(and the site-wide global stream with --global, or every log stream with
+--all --yes), printing for each stream whether it was deleted and how many
+entries it held.
+
+Streams also expire on their own (CONTEXT_TTL, GLOBAL_TTL); use this when
+records must go now, e.g. when a user asks for their data to be removed.
+Pub/sub channels keep nothing and need no purge.  --all finds the streams
+with SCAN under the stream and channel prefixes, never with KEYS, and
+deletes only keys that are streams; it asks for --yes."""
+
+EPILOG = """\
+EXIT STATUS
+  0 when done (a stream that does not exist is reported, not an error), 1
+  when Redis cannot be reached, 2 for an invalid argument (an invalid
+  context, --all without --yes).
+
+EXAMPLES
+{extra}  Delete one user's stream:
+      {prog} User.alice
+
+  See what would go, then delete two jobs' streams and the global one:
+      {prog} import_1b4e28ba2fa1 import_9f0c3d --global --dry-run
+      {prog} import_1b4e28ba2fa1 import_9f0c3d --global
+
+  Delete every log stream of the site:
+      {prog} --all --yes
+"""
+
+
+def epilog(prog: str, extra: str = "") -> str:
+    """The EXIT STATUS and EXAMPLES sections of --help, for the command as
+    typed (``extra``: examples of the caller's own, first)."""
+    return EPILOG.format(prog=prog, extra=extra)
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, site: bool) -> None:
+    """The arguments of purge_log_context (and of a CLI purge later)."""
+    parser.add_argument(
+        "contexts", nargs="*", metavar="CONTEXT",
+        help="a log context whose stream to delete, e.g. User.alice (any number)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--global", dest="global_stream", action="store_true",
+        help="also delete the site-wide global stream (default: keep it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--all", dest="everything", action="store_true",
+        help="delete every log stream (all contexts and the global one), found with "
+        "SCAN; needs --yes and no CONTEXT",
+    )  # fmt: skip
+    parser.add_argument(
+        "--yes", action="store_true",
+        help="confirm --all (default: --all refuses to run)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="print what would be deleted, and delete nothing (default: delete)",
+    )  # fmt: skip
+    add_naming_arguments(parser, site=site)
+
+
+@dataclass(frozen=True)
+class PurgeRequest:
+    """Which streams to delete: checked arguments."""
+
+    contexts: tuple[str, ...] = ()
+    include_global: bool = False
+    everything: bool = False
+    dry_run: bool = False
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> PurgeRequest:
+        """Check parsed arguments; raise CommandFailed (status 2) with the reason."""
+        contexts = tuple(options.get("contexts") or ())
+        include_global = bool(options.get("global_stream"))
+        everything = bool(options.get("everything"))
+        if everything and not options.get("yes"):
+            raise CommandFailed("--all deletes every log stream: add --yes to confirm", USAGE)
+        if everything and (contexts or include_global):
+            raise CommandFailed("--all already covers every stream: drop CONTEXT/--global", USAGE)
+        if not (contexts or include_global or everything):
+            raise CommandFailed("give CONTEXT..., --global, or --all --yes", USAGE)
+        return cls(
+            contexts=tuple(check_context(context) for context in contexts),
+            include_global=include_global,
+            everything=everything,
+            dry_run=bool(options.get("dry_run")),
+        )
+
+
+_GLOB = re.compile(r"([*?\[\]\\])")
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal in a SCAN MATCH pattern."""
+    return _GLOB.sub(r"\\\1", text)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
+
+
+def all_streams(client: Any, names: Names) -> list[str]:
+    """Every log stream of ``names``, found with SCAN (never KEYS).
+
+    Contexts are encoded so they hold no glob character, but the prefixes
+    are the site's and might: they are escaped.  SCAN may return a key
+    twice, hence the set.
+    """
+    pattern = glob_escape(f"{names.stream_prefix}{names.channel_prefix}:") + "*"
+    found = client.scan_iter(match=pattern, count=1000, _type="stream")
+    return sorted({_text(key) for key in found})
+
+
+def _unique(keys: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(keys))
+
+
+def purge(client: Any, names: Names, request: PurgeRequest, out: TextIO) -> int:
+    """Delete (or with dry_run, list) the streams; return how many went.
+
+    XLEN and DEL run in one MULTI, so the count printed is what was deleted
+    even while records keep arriving.
+    """
+    with redis_errors(client):
+        if request.everything:
+            keys = all_streams(client, names)
+        else:
+            keys = [names.stream(context) for context in request.contexts]
+            if request.include_global:
+                keys.append(names.global_stream)
+        streams = entries = 0
+        verb = "would delete" if request.dry_run else "deleted"
+        for key in _unique(keys):
+            kind = _text(client.type(key))
+            if kind == "none":
+                out.write(f"{key}: no such stream\n")
+                continue
+            if kind != "stream":
+                out.write(f"{key}: left alone, it is a {kind}, not a stream\n")
+                continue
+            if request.dry_run:
+                length, gone = client.xlen(key), 1
+            else:
+                pipe = client.pipeline(transaction=True)
+                pipe.xlen(key)
+                pipe.delete(key)
+                length, gone = pipe.execute()
+            if not gone:
+                out.write(f"{key}: no such stream\n")
+                continue
+            streams += 1
+            entries += length
+            out.write(f"{verb} {key} ({_entries(length)})\n")
+    if not keys:
+        out.write("no log streams found\n")
+    else:
+        out.write(f"{verb} {streams} stream{'s' * (streams != 1)}, {_entries(entries)} in all\n")
+    return streams
+
+
+def _entries(count: int) -> str:
+    return f"{count} entr{'y' if count == 1 else 'ies'}"
