@@ -10,16 +10,19 @@ What it does, so a newcomer sees the whole path of a record in one terminal:
 2. Migrates the site's SQLite database (``.demo/db.sqlite3``) and creates the
    user alice (password alice).
 3. Runs ``manage.py runserver`` on a free loopback port (its output goes to
-   ``.demo/runserver.log``), and produces traffic: page views, work done by
-   alice and by anonymous jobs, a 404, an occasional exception. In this
-   process a fake export job logs its progress under a job context
-   (``job_id_factory("demo")``) and its start and end under ``User.alice``.
-4. In the foreground, reads the global stream ``stream:logs:global`` with
-   ``XREAD BLOCK`` and prints each record as it arrives: time, level,
-   context, logger, message. Records from both processes show up (see pid).
+   ``.demo/runserver.log``) and, when Celery is installed, a Celery worker
+   (``.demo/celery.log``); then produces traffic: page views, work done by
+   alice and by anonymous jobs, a 404, an occasional exception, and now and
+   then alice starts the site's demo job (``POST /jobs/start/``), which logs
+   its progress under her context from a thread of the site and from a
+   Celery task in the worker.
+4. In the foreground runs ``manage.py tail_logs User.alice -f`` (the
+   library's own reader): her history, then her records as they arrive,
+   from all three processes (see the pids). ``DEMO_FOLLOW=global`` follows
+   the whole site instead.
 
-Ctrl-C (or SIGTERM) stops the producers, flushes the handlers, stops
-runserver and the Redis it started, and exits 0.
+Ctrl-C (or SIGTERM) stops the producers, flushes the handlers, stops the
+worker, runserver and the Redis it started, and exits 0.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import http.cookiejar
 import importlib
-import json
+import importlib.util
 import logging
 import os
 import random
@@ -42,7 +45,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -53,9 +55,10 @@ from redis.retry import Retry
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = ROOT / ".demo"
-GLOBAL_STREAM = "stream:logs:global"
+#: Whose records to follow: alice's (her requests and her jobs) or "global".
+FOLLOW = os.environ.get("DEMO_FOLLOW", "User.alice")
 DEMO_USER = ("alice", "alice")
-HISTORY = 10  # records already in the stream shown before following it
+HISTORY = 10  # records already in the stream shown before following them
 
 # Run as a script: make the site (and the library, from a plain checkout) importable.
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
@@ -76,16 +79,6 @@ COLOR = _use_color()
 RESET = "\033[0m" if COLOR else ""
 DIM = "\033[2m" if COLOR else ""
 BOLD = "\033[1m" if COLOR else ""
-LEVEL_COLORS = {
-    logging.DEBUG: "\033[36m",  # cyan
-    logging.INFO: "\033[32m",  # green
-    logging.WARNING: "\033[33m",  # yellow
-    logging.ERROR: "\033[31m",  # red
-    logging.CRITICAL: "\033[1;41;97m",  # white on red
-}
-CONTEXT_COLORS = ["\033[35m", "\033[34m", "\033[36m", "\033[95m", "\033[94m", "\033[96m"]
-
-
 def paint(text: str, color: str) -> str:
     """Wrap ``text`` in an ANSI color when colors are on."""
     return f"{color}{text}{RESET}" if COLOR and color else text
@@ -94,44 +87,6 @@ def paint(text: str, color: str) -> str:
 def say(message: str) -> None:
     """A line from the demo itself (not a log record), set apart by its prefix."""
     print(paint(f"demo: {message}", BOLD), flush=True)
-
-
-def _safe(text: str) -> str:
-    """Neutralise terminal escapes: a log message is data, never terminal control."""
-    return "".join(
-        ch if ch in "\n\t" or (ch.isprintable() and ch != "\x1b") else repr(ch)[1:-1] for ch in text
-    )
-
-
-def render(entry_id: str, data: bytes) -> str:
-    """One stream entry as a readable line: time, level, context, logger, message."""
-    try:
-        rec: dict[str, Any] = json.loads(data)
-        stamp = datetime.fromtimestamp(float(rec["timestamp"])).strftime("%H:%M:%S.%f")[:-3]
-        levelno = int(rec.get("levelno", logging.INFO))
-        level = str(rec.get("level", logging.getLevelName(levelno)))
-    except (ValueError, TypeError, KeyError):
-        unreadable = paint("unreadable entry", LEVEL_COLORS[logging.ERROR])
-        return f"{paint(entry_id, DIM)} {unreadable} {data!r}"
-    color = LEVEL_COLORS.get(levelno - levelno % 10, "")
-    context = rec.get("context")
-    if context is None:
-        shown_context = paint(f"{'-':<24}", DIM)
-    else:
-        context = _safe(str(context))
-        ctx_color = CONTEXT_COLORS[sum(context.encode()) % len(CONTEXT_COLORS)]
-        shown_context = paint(f"{context:<24}", ctx_color)
-    message = _safe(str(rec.get("message", "")))
-    first, *rest = message.split("\n")
-    logger_name = paint(_safe(str(rec.get("logger", "?"))), BOLD)
-    pid = paint(f"(pid {rec.get('pid', '?')})", DIM)
-    line = (
-        f"{paint(stamp, DIM)} {paint(f'{level:<8}', color)} {shown_context} "
-        f"{logger_name}: {first}  {pid}"
-    )
-    if rest:
-        line += "".join(f"\n    {paint(more, DIM)}" for more in rest)
-    return line
 
 
 # ---------------------------------------------------------------------------
@@ -302,37 +257,6 @@ def flush_handlers() -> None:
 # producers
 
 
-def run_job_loop(stop: threading.Event, user: Any) -> None:
-    """A fake export job for alice: start/end under her context, progress under a job's."""
-    from redis_logstream import get_user_context, job_id_factory, log_context
-
-    log = logging.getLogger("testproject.jobs.export")
-    user_context = get_user_context(user)
-    while not stop.is_set():
-        job_id = job_id_factory("demo")
-        rows = random.randint(2_000, 50_000)
-        with log_context(user_context):
-            log.info("export of %d rows requested; job %s", rows, job_id)
-        with log_context(job_id):
-            log.info("job started for %s", user.get_username())
-            for percent in range(20, 101, 20):
-                if stop.wait(random.uniform(0.4, 1.2)):
-                    log.warning("job interrupted at %d%%: the demo is stopping", percent - 20)
-                    return
-                if random.random() < 0.15:
-                    log.warning("chunk %d was slow (%.1fs)", percent // 20, random.uniform(2, 6))
-                log.info("progress %3d%% (%d/%d rows)", percent, rows * percent // 100, rows)
-            if random.random() < 0.2:
-                try:
-                    raise ConnectionResetError("storage backend closed the connection")
-                except ConnectionResetError:
-                    log.exception("upload of the export failed; it will be retried")
-            log.info("job finished")
-        with log_context(user_context):
-            log.info("your export (%d rows) is ready: job %s", rows, job_id)
-        stop.wait(random.uniform(1.5, 3.0))
-
-
 def run_traffic_loop(stop: threading.Event, site: str) -> None:
     """Browse the site like people would: pages, alice's work, jobs, a 404."""
     jar = http.cookiejar.CookieJar()
@@ -353,7 +277,17 @@ def run_traffic_loop(stop: threading.Event, site: str) -> None:
         with browser.open(site + "accounts/login/", data=form, timeout=10):
             pass
 
+    def start_job() -> None:
+        token = next((c.value for c in jar if c.name == "csrftoken"), "")
+        form = urllib.parse.urlencode({"rows": random.randint(2_000, 50_000)}).encode()
+        request = urllib.request.Request(
+            site + "jobs/start/", data=form, headers={"X-CSRFToken": token, "Referer": site}
+        )
+        with contextlib.suppress(urllib.error.HTTPError), browser.open(request, timeout=10):
+            pass
+
     actions: list[Callable[[], None]] = [
+        start_job,
         lambda: get(anonymous, ""),
         lambda: get(browser, ""),
         lambda: get(browser, f"work/?steps={random.randint(2, 4)}"),
@@ -361,10 +295,11 @@ def run_traffic_loop(stop: threading.Event, site: str) -> None:
         lambda: get(anonymous, f"work/?job=1&steps={random.randint(1, 3)}"),
         lambda: get(anonymous, "no-such-page/"),
     ]
-    weights = [3, 2, 4, 1, 2, 1]
+    weights = [1, 3, 2, 4, 1, 2, 1]
     while not stop.is_set():
         try:
             login()
+            start_job()  # at once: the first thing a newcomer should see
             while not stop.wait(random.uniform(0.8, 2.5)):
                 random.choices(actions, weights)[0]()
         except (urllib.error.URLError, OSError) as exc:
@@ -378,25 +313,36 @@ def run_traffic_loop(stop: threading.Event, site: str) -> None:
 # the live view
 
 
-def follow(url: str, stop: threading.Event) -> None:
-    """Print the last few records, then every new one as it arrives."""
-    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
-    last_id = "0-0"
-    history = client.xrevrange(GLOBAL_STREAM, count=HISTORY)
-    for entry_id, fields in reversed(history):
-        print(render(entry_id.decode(), fields.get(b"data", b"")), flush=True)
-        last_id = entry_id.decode()
-    while not stop.is_set():
-        try:
-            reply = client.xread({GLOBAL_STREAM: last_id}, block=1000, count=100)
-        except redis.ConnectionError as exc:
-            say(f"Redis connection lost ({exc}); retrying")
-            time.sleep(1)
-            continue
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                last_id = entry_id.decode()
-                print(render(last_id, fields.get(b"data", b"")), flush=True)
+def follow(context: str) -> None:
+    """``manage.py tail_logs CONTEXT -f`` in this process: the library's own reader."""
+    from django.core.management import call_command
+
+    which = ["--global"] if context == "global" else [context]
+    call_command("tail_logs", *which, "--lines", str(HISTORY), "--follow")
+
+
+def start_worker(url: str) -> subprocess.Popen[bytes] | None:
+    """A Celery worker for the site's job task, when Celery is installed."""
+    if importlib.util.find_spec("celery") is None:
+        return None
+    env = {**os.environ, "REDIS_URL": url, "CELERY_BROKER_URL": url, "PYTHONUNBUFFERED": "1"}
+    with open(DEMO_DIR / "celery.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "testproject.celery_app", "worker",
+             "--pool=solo", "--without-gossip", "--without-mingle", "-l", "info"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+    os.environ["CELERY_BROKER_URL"] = url
+    from testproject.celery_app import app
+
+    deadline = time.monotonic() + 20  # the first job should find the worker ready
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(Exception):
+            if app.control.ping(timeout=0.5):
+                return proc
+    say("the Celery worker is not answering yet (see .demo/celery.log); jobs run in threads")
+    return proc
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -411,30 +357,32 @@ def main() -> int:
     DEMO_DIR.mkdir(exist_ok=True)
     redis_proc: subprocess.Popen[bytes] | None = None
     site_proc: subprocess.Popen[bytes] | None = None
+    worker_proc: subprocess.Popen[bytes] | None = None
     stop = threading.Event()
     threads: list[threading.Thread] = []
     try:
         url, redis_proc, origin = choose_redis()
         say(f"Redis {url}  ({origin})")
         setup_django(url)
-        user = prepare_database()
+        prepare_database()
         site, site_proc = start_site(url)
+        worker_proc = start_worker(url)
         print()
         print(paint("django-redis-logstream demo", BOLD))
         print(f"  site      {site}   (sign in as {DEMO_USER[0]} / {DEMO_USER[1]})")
         print(f"  redis     {url}")
-        print(f"  following {GLOBAL_STREAM}  (server output: .demo/runserver.log)")
+        print(f"  worker    {'celery (.demo/celery.log)' if worker_proc else 'none (no celery)'}")
+        print(f"  following python manage.py tail_logs {FOLLOW} -f   (DEMO_FOLLOW=global: all)")
         print(f"  stop      {paint('Ctrl-C', BOLD)}")
         print(flush=True)
         threads = [
-            threading.Thread(target=run_job_loop, args=(stop, user), name="demo-job", daemon=True),
             threading.Thread(
                 target=run_traffic_loop, args=(stop, site), name="demo-traffic", daemon=True
             ),
         ]
         for thread in threads:
             thread.start()
-        follow(url, stop)
+        follow(FOLLOW)
     except KeyboardInterrupt:
         pass
     finally:
@@ -449,6 +397,7 @@ def main() -> int:
         for thread in threads:
             thread.join(3)
         flush_handlers()
+        stop_process(worker_proc)
         stop_process(site_proc)
         stop_process(redis_proc)
         with contextlib.suppress(OSError):
