@@ -62,14 +62,16 @@ tools:
 
 # The whole suite runs twice: on the newest Django LTS (5.2, in .venv) with
 # the newest redis-py, and on the oldest versions supported (Django 4.2, the
-# django-redis release for it, redis-py 5.2) in .venv-django42.
+# django-redis release for it, redis-py 5.2 and a Celery that supports it) in
+# .venv-django42.
 OLD_VENV := .venv-django42
 OLD_STAMP := $(OLD_VENV)/.installed
 
 $(OLD_STAMP): pyproject.toml Makefile | $(VENV_PY)
 	@test -x $(OLD_VENV)/bin/python || $(PYTHON) -m venv $(OLD_VENV)
 	$(OLD_VENV)/bin/python -m pip install --disable-pip-version-check --quiet \
-		-e ".[dev]" "Django>=4.2,<5.0" "django-redis>=5.4,<7" "redis>=5.2,<5.3"
+		-e ".[dev]" "Django>=4.2,<5.0" "django-redis>=5.4,<7" "redis>=5.2,<5.3" \
+		"celery>=5.3,<5.6"
 	@touch $(OLD_STAMP)
 
 test: install tools $(OLD_STAMP)

@@ -10,6 +10,7 @@ session's Redis.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -320,6 +321,9 @@ def worker(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
             "redis-logstream-tests", broker=broker.url, backend=broker.url,
             set_as_current=False, fixups=(),
         )
+        # A result dropped after the broker stopped must not retry for minutes
+        # (AsyncResult.__del__ reconnects to unsubscribe).
+        client.conf.result_backend_transport_options = {"retry_policy": {"max_retries": 0}}
         env = {k: v for k, v in os.environ.items() if k not in CELERY_VARIABLES}
         env.update(
             DJANGO_SETTINGS_MODULE="testproject.settings",
@@ -338,6 +342,7 @@ def worker(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
             yield started
         finally:
             started.stop()
+            gc.collect()  # let the tests' results unsubscribe while the broker still runs
             client.close()
 
 
