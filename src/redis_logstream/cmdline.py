@@ -150,3 +150,13 @@ def silence_stdout() -> None:
     with contextlib.suppress(OSError, ValueError, AttributeError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+
+
+def add_site_url_argument(parser: argparse.ArgumentParser, verb: str) -> None:
+    """``--url`` of the management commands, which otherwise use the site's Redis."""
+    parser.add_argument(
+        "--url",
+        help=f"{verb} this Redis (redis://, rediss://, unix://) instead of the site's "
+        "(default: the handler's: REDIS_LOGSTREAM['URL'], else the django-redis "
+        "cache alias REDIS_LOGSTREAM['CONNECTION'], 'default')",
+    )

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import CommandParser
 
 from ... import purge
-from ...cmdline import site_connection
+from ...cmdline import add_site_url_argument, site_connection
 from .. import ReaderCommand
 
 
@@ -17,12 +17,7 @@ class Command(ReaderCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         purge.add_arguments(parser, site=True)
-        parser.add_argument(
-            "--url",
-            help="purge this Redis (redis://, rediss://, unix://) instead of the site's "
-            "(default: the handler's: REDIS_LOGSTREAM['URL'], else the django-redis "
-            "cache alias REDIS_LOGSTREAM['CONNECTION'], 'default')",
-        )
+        add_site_url_argument(parser, "purge")
 
     def run(self, options: dict[str, Any]) -> None:
         request = purge.PurgeRequest.from_options(options)

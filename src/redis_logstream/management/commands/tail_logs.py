@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import CommandParser
 
 from ... import tail
-from ...cmdline import site_connection
+from ...cmdline import add_site_url_argument, site_connection
 from ...reader import StreamReader
 from ...render import use_color
 from .. import ReaderCommand
@@ -19,12 +19,7 @@ class Command(ReaderCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         tail.add_arguments(parser, site=True)
-        parser.add_argument(
-            "--url",
-            help="read this Redis (redis://, rediss://, unix://) instead of the site's "
-            "(default: the handler's: REDIS_LOGSTREAM['URL'], else the django-redis "
-            "cache alias REDIS_LOGSTREAM['CONNECTION'], 'default')",
-        )
+        add_site_url_argument(parser, "read")
 
     def run(self, options: dict[str, Any]) -> None:
         request = tail.TailRequest.from_options(options)
