@@ -40,6 +40,15 @@ def test_a_cache_alias_outside_django_redis_caches_is_e001_too(settings) -> None
     assert ids(settings) == ["redis_logstream.E001"]
 
 
+def test_a_cache_alias_that_is_not_redis_is_e001(settings) -> None:
+    settings.CACHES = {
+        **settings.CACHES,
+        "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    }
+    settings.REDIS_LOGSTREAM = {"CONNECTION": "local"}
+    assert ids(settings) == ["redis_logstream.E001"]
+
+
 def test_an_unknown_option_is_e002_with_the_close_match(settings) -> None:
     with_handler(settings, queue_sise=10)
     (message,) = run_checks(tags=["redis_logstream"])

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import logging
 
 import pytest
 import redis
 from asgiref.sync import async_to_sync
+from django.http import FileResponse
 from django.test import AsyncClient, Client
 
 from redis_logstream import RedisLogHandler, get_log_context
+from redis_logstream.middleware import LogContextMiddleware
 
 from helpers import messages
 
@@ -121,3 +124,11 @@ def test_under_asgi_an_anonymous_request_gets_no_context(
     response = async_to_sync(AsyncClient().get)("/async/")
     assert response.content == b"-"
     assert redis_client.keys("stream:logs:User.*") == []
+
+
+def test_a_file_download_keeps_the_servers_fast_path(rf, alice) -> None:
+    request = rf.get("/download/")
+    request.user = alice
+    middleware = LogContextMiddleware(lambda r: FileResponse(io.BytesIO(b"body")))
+    response = middleware(request)
+    assert response.file_to_stream is not None  # not rewrapped: sendfile stays possible

@@ -13,7 +13,6 @@ import queue
 import re
 import signal
 import threading
-import time
 
 import pytest
 import redis
@@ -273,7 +272,8 @@ def test_follow_reports_a_lost_redis_on_stderr_and_goes_on(handlers, own_redis) 
     follower = threading.Thread(target=lambda: tail(reader, request, out, err, stop=stop))
     follower.start()
     try:
-        time.sleep(0.05)
+        write("before the restart")  # the follower is past its history: it is following
+        wait_for(lambda: "before the restart" in out.getvalue())
         own_redis.restart()
         write("after the restart")
         wait_for(lambda: "after the restart" in out.getvalue())
@@ -283,3 +283,10 @@ def test_follow_reports_a_lost_redis_on_stderr_and_goes_on(handlers, own_redis) 
     notes = err.getvalue().splitlines()
     assert any("lost Redis" in note for note in notes)
     assert notes[-1] == "Redis is back; following again"
+
+
+def test_a_lone_surrogate_from_another_producer_prints_as_an_escape() -> None:
+    entry = decode_entry("1-0", {b"data": b'{"message": "x \\ud800 y", "level": "INFO"}'})
+    text = Renderer(utc=True).text(entry)
+    assert "x \\ud800 y" in text
+    text.encode("utf-8")  # printable on any UTF-8 terminal

@@ -20,7 +20,7 @@ HANDLER_PATHS = {"redis_logstream.RedisLogHandler", "redis_logstream.handler.Red
 MIDDLEWARE_PATH = "redis_logstream.middleware.LogContextMiddleware"
 AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
 # Keys of a dictConfig handler entry that logging itself consumes.
-_LOGGING_KEYS = {"class", "()", "level", "formatter", "filters", ".", "stream"}
+_LOGGING_KEYS = {"class", "()", "level", "formatter", "filters", "."}
 
 
 def _handler_entries() -> Iterable[tuple[str, dict[str, Any]]]:

@@ -68,19 +68,28 @@ def _cache_settings(alias: str) -> Mapping[str, Any]:
     return caches[alias]
 
 
-def _client_from_cache(alias: str, socket_timeout: float) -> redis.Redis:
-    """A client of our own built from a django-redis (or Django) cache's settings."""
-    cache = _cache_settings(alias)
+_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _cache_location(alias: str, cache: Mapping[str, Any]) -> str:
+    """The (primary) Redis URL of a cache, or ConfigurationError."""
     location = cache.get("LOCATION")
     if isinstance(location, str):
         location = location.split(",")[0].strip()  # django-redis: primary first
     elif isinstance(location, (list, tuple)) and location:
         location = location[0]
-    if not isinstance(location, str) or "://" not in location:
+    if not isinstance(location, str) or not location.startswith(_SCHEMES):
         raise ConfigurationError(
             f"RedisLogHandler: CACHES[{alias!r}]['LOCATION'] is not a redis URL "
             f"({location!r}); give url= instead."
         )
+    return location
+
+
+def _client_from_cache(alias: str, socket_timeout: float) -> redis.Redis:
+    """A client of our own built from a django-redis (or Django) cache's settings."""
+    cache = _cache_settings(alias)
+    location = _cache_location(alias, cache)
     options = {str(k).upper(): v for k, v in (cache.get("OPTIONS") or {}).items()}
     extra: dict[str, Any] = {}
     if options.get("PASSWORD"):
@@ -110,11 +119,11 @@ def client_factory(options: Options) -> Callable[[], Any]:
         return lambda: client
     if options.url is not None:
         url = options.url
-        if "://" not in url:
+        if not url.startswith(_SCHEMES):
             raise ConfigurationError(f"RedisLogHandler: url={url!r} is not a redis:// URL.")
         return lambda: client_from_url(url, timeout)
     alias = options.connection
-    _cache_settings(alias)
+    _cache_location(alias, _cache_settings(alias))
     return lambda: _client_from_cache(alias, timeout)
 
 

@@ -53,19 +53,26 @@ def _in_context(chunks: Iterable[Any], value: str) -> Iterator[Any]:
 
 async def _in_context_async(chunks: AsyncIterator[Any], value: str) -> AsyncIterator[Any]:
     iterator = chunks.__aiter__()
-    while True:
-        token = user_id_context.set(value)
-        try:
-            chunk = await iterator.__anext__()
-        except StopAsyncIteration:
-            return
-        finally:
-            user_id_context.reset(token)
-        yield chunk
+    try:
+        while True:
+            token = user_id_context.set(value)
+            try:
+                chunk = await iterator.__anext__()
+            except StopAsyncIteration:
+                return
+            finally:
+                user_id_context.reset(token)
+            yield chunk
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _wrap_streaming(response: HttpResponseBase, value: str) -> None:
-    if not getattr(response, "streaming", False):
+    # A FileResponse is sent by the server (sendfile), not by Python code
+    # that could log: wrapping it would only cost the server its fast path.
+    if not getattr(response, "streaming", False) or getattr(response, "file_to_stream", None):
         return
     content = response.streaming_content  # type: ignore[attr-defined]
     if hasattr(content, "__aiter__"):

@@ -36,7 +36,9 @@ UNKNOWN_COLOR = "\x1b[35m"  # not our JSON: magenta
 ALARM = "\x1b[31m"  # the message text of ERROR and worse: red, so tracebacks stand out
 
 # C0 controls but tab and newline, DEL, C1 controls, bidi embeddings/isolates.
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# Control characters, bidirectional overrides, and lone surrogates (valid in
+# JSON, but no terminal encoding can print them).
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def _escape(match: re.Match[str]) -> str:
