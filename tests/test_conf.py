@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from redis_logstream import RedisLogHandler
-from redis_logstream.conf import DEFAULTS, Options, resolve_options
+from redis_logstream.conf import DEFAULTS, Options, resolve_options, site_setting
 
 UNREACHABLE = "redis://127.0.0.1:1/0"
 
@@ -309,3 +309,14 @@ def test_dictconfig_entry_with_a_misspelt_option_fails_naming_it(restore_logging
     assert isinstance(cause, TypeError)
     assert "queue_sise" in str(cause)
     assert "queue_size" in str(cause)
+
+
+def test_a_site_setting_given_to_a_handler_says_where_it_belongs():
+    with pytest.raises(TypeError, match=r"site setting.*settings\.REDIS_LOGSTREAM"):
+        resolve_options({"celery": False})
+
+
+def test_a_site_setting_of_the_wrong_type_is_refused(settings):
+    settings.REDIS_LOGSTREAM = {"CELERY": "False"}
+    with pytest.raises(ValueError, match=r"CELERY.*must be a bool"):
+        site_setting("celery")

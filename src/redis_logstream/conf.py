@@ -85,7 +85,14 @@ SITE_DEFAULTS: Mapping[str, Any] = {
 
 def site_setting(name: str) -> Any:
     """A site-only setting (see SITE_DEFAULTS), from settings or its default."""
-    return site_settings().get(name, SITE_DEFAULTS[name])
+    default = SITE_DEFAULTS[name]
+    value = site_settings().get(name, default)
+    if type(value) is not type(default):
+        raise ValueError(
+            f"settings.REDIS_LOGSTREAM[{name.upper()!r}] must be a {type(default).__name__}, "
+            f"not {value!r}."
+        )
+    return value
 
 
 def _unknown(name: str, source: str) -> TypeError:
@@ -117,6 +124,11 @@ def resolve_options(overrides: Mapping[str, Any] | None = None) -> Options:
         ("the handler's arguments", dict(overrides or {})),
     ):
         for name, value in values.items():
+            if name in SITE_DEFAULTS:
+                raise TypeError(
+                    f"{name!r} is a site setting, not a handler option: put "
+                    f"{name.upper()!r} in settings.REDIS_LOGSTREAM."
+                )
             if name not in OPTION_NAMES:
                 raise _unknown(name, source)
             merged[name] = value
