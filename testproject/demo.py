@@ -112,6 +112,33 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> 
         proc.wait()
 
 
+def wait_until_ready(
+    proc: subprocess.Popen[bytes],
+    answers: Callable[[], bool],
+    name: str,
+    log_path: Path,
+    *,
+    seconds: float,
+    interval: float,
+) -> None:
+    """Poll ``answers()`` until it is true.  On failure, timeout or Ctrl-C the
+    process is stopped here: it runs in a session of its own, so the
+    terminal's Ctrl-C would never reach it."""
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"{name} exited at start; its log:\n{tail(log_path)}")
+            with contextlib.suppress(Exception):
+                if answers():
+                    return
+            time.sleep(interval)
+        raise SystemExit(f"{name} did not answer within {seconds:g}s; its log:\n{tail(log_path)}")
+    except BaseException:
+        stop_process(proc)
+        raise
+
+
 def tail(path: Path, lines: int = 30) -> str:
     """The end of a log file, for error messages."""
     try:
@@ -161,19 +188,15 @@ def start_redis(binary: str) -> tuple[str, subprocess.Popen[bytes]]:
             start_new_session=True,
         )  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"redis-server exited at start; its log:\n{tail(log_path)}")
-        probe = redis.Redis.from_url(
+
+    def answers() -> bool:
+        with redis.Redis.from_url(
             url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
-        )
-        with contextlib.suppress(redis.RedisError), probe:
-            if probe.ping():
-                return url, proc
-        time.sleep(0.05)
-    stop_process(proc)
-    raise SystemExit(f"redis-server did not answer within 15s; its log:\n{tail(log_path)}")
+        ) as probe:
+            return bool(probe.ping())
+
+    wait_until_ready(proc, answers, "redis-server", log_path, seconds=15, interval=0.05)
+    return url, proc
 
 
 def choose_redis() -> tuple[str, subprocess.Popen[bytes] | None, str]:
@@ -202,19 +225,13 @@ def start_site(url: str) -> tuple[str, subprocess.Popen[bytes]]:
             start_new_session=True,
         )  # fmt: skip
     site = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"runserver exited at start; its log:\n{tail(log_path)}")
-        try:
-            with urllib.request.urlopen(site, timeout=2) as response:
-                if response.status == 200:
-                    return site, proc
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.2)
-    stop_process(proc)
-    raise SystemExit(f"runserver did not answer within 30s; its log:\n{tail(log_path)}")
+
+    def answers() -> bool:
+        with urllib.request.urlopen(site, timeout=2) as response:
+            return response.status == 200
+
+    wait_until_ready(proc, answers, "runserver", log_path, seconds=30, interval=0.2)
+    return site, proc
 
 
 # ---------------------------------------------------------------------------
@@ -336,12 +353,14 @@ def start_worker(url: str) -> subprocess.Popen[bytes] | None:
     os.environ["CELERY_BROKER_URL"] = url
     from testproject.celery_app import app
 
-    deadline = time.monotonic() + 20  # the first job should find the worker ready
-    while time.monotonic() < deadline and proc.poll() is None:
-        with contextlib.suppress(Exception):
-            if app.control.ping(timeout=0.5):
-                return proc
-    say("the Celery worker is not answering yet (see .demo/celery.log); jobs run in threads")
+    try:  # the first job should find the worker ready
+        wait_until_ready(
+            proc, lambda: bool(app.control.ping(timeout=0.5)), "the Celery worker",
+            DEMO_DIR / "celery.log", seconds=20, interval=0,
+        )  # fmt: skip
+    except SystemExit as exc:  # the site still runs its jobs in threads
+        say(f"no Celery worker: {exc}")
+        return None
     return proc
 
 
