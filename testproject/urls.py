@@ -11,6 +11,6 @@ urlpatterns = [
     path("jobs/start/", jobs.start_job, name="start-job"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
-    # The library's SSE endpoint and live console page will be mounted here:
-    # path("logs/", include("redis_logstream.urls")),
+    # The library's live console (logs/) and its SSE stream (logs/stream/).
+    path("logs/", include("redis_logstream.urls")),
 ]

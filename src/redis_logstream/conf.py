@@ -80,6 +80,12 @@ SITE_DEFAULTS: Mapping[str, Any] = {
     # Carry the log context into Celery tasks, and give a task sent without
     # one a job context of its own (see docs/celery.md).
     "celery": True,
+    # The live console (docs/console.md): records a new viewer gets first,
+    # seconds between heartbeats on an idle stream, and how long one
+    # response may last before the browser reconnects (and resumes).
+    "stream_history": 100,
+    "stream_heartbeat": 15.0,
+    "stream_max_age": 300.0,
 }
 
 
@@ -87,10 +93,16 @@ def site_setting(name: str) -> Any:
     """A site-only setting (see SITE_DEFAULTS), from settings or its default."""
     default = SITE_DEFAULTS[name]
     value = site_settings().get(name, default)
-    if type(value) is not type(default):
+    if isinstance(default, bool):
+        valid = isinstance(value, bool)
+    elif isinstance(default, float):  # seconds: an int will do, zero will not
+        valid = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    else:
+        valid = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if not valid:
+        kind = {bool: "bool", float: "number of seconds > 0", int: "int >= 0"}[type(default)]
         raise ValueError(
-            f"settings.REDIS_LOGSTREAM[{name.upper()!r}] must be a {type(default).__name__}, "
-            f"not {value!r}."
+            f"settings.REDIS_LOGSTREAM[{name.upper()!r}] must be a {kind}, not {value!r}."
         )
     return value
 

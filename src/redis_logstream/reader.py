@@ -234,13 +234,37 @@ class StreamReader:
         match: Callable[[Entry], bool] | None = None,
         notify: Callable[[str], None] | None = None,
     ) -> Iterator[Entry | None]:
-        """Like :meth:`follow`, but yields None after each idle block.
+        """Like :meth:`follow`, but yields None after each read that shows nothing.
 
-        An SSE view needs those moments to send a heartbeat (the only way a
-        WSGI server learns the client left); ``block_ms`` (default: the
-        reader's) sets how often they come, and how late a ``stop`` is seen.
-        Ends when ``stop`` is set or ``timeout`` seconds have passed.  Lost
-        connections are retried from the same cursor; ``notify`` hears once
+        A caller that must act while nothing is shown (send a heartbeat, the
+        only way a WSGI server learns the client left) gets its turn every
+        ``block_ms`` at the latest, even while ``match`` hides every new
+        entry of a busy stream.
+        """
+        for batch in self.batches(
+            context, after_id, block_ms=block_ms, stop=stop, timeout=timeout, notify=notify
+        ):
+            shown = [entry for entry in batch if match is None or match(entry)]
+            if not shown:
+                yield None
+            yield from shown
+
+    def batches(
+        self,
+        context: str | None,
+        after_id: str,
+        *,
+        block_ms: int | None = None,
+        stop: threading.Event | None = None,
+        timeout: float | None = None,
+        notify: Callable[[str], None] | None = None,
+    ) -> Iterator[list[Entry]]:
+        """Each read's entries strictly after ``after_id``; ``[]`` after an idle block.
+
+        ``block_ms`` (default: the reader's) sets how long one read waits,
+        so how late a ``stop`` is seen.  Ends when ``stop`` is set or
+        ``timeout`` seconds have passed.  Lost connections are retried from
+        the same cursor with capped, jittered backoff; ``notify`` hears once
         that Redis went away and once that it came back.
         """
         key = self.stream(context)
@@ -275,15 +299,10 @@ class StreamReader:
                 failing, delay = False, 0.0
                 if notify is not None:
                     notify("Redis is back; following again")
-            rows = _reply_rows(reply)
-            if not rows:
-                yield None
-                continue
-            for entry_id, fields in rows:
-                entry = decode_entry(entry_id, fields)
-                cursor = entry.id
-                if match is None or match(entry):
-                    yield entry
+            batch = [decode_entry(entry_id, fields) for entry_id, fields in _reply_rows(reply)]
+            if batch:
+                cursor = batch[-1].id
+            yield batch
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,0 +1,88 @@
+"""Who may watch which log context.
+
+The rules (each is a test in tests/test_stream_access.py):
+
+- a signed-in user may watch their own context (``User.alice``);
+- staff, and users with the permission ``redis_logstream.view_all_logs``,
+  may watch any context and the site-wide stream (``?context=global``);
+- a stream token (:mod:`.tokens`) grants exactly the context it names, to
+  anyone, until it expires;
+- everyone else gets 403 (the console page sends anonymous visitors to the
+  login page instead).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.exceptions import BadRequest, PermissionDenied
+
+from .context import get_user_context, validate_context
+from .tokens import InvalidStreamToken, read_stream_token
+
+__all__ = ["GLOBAL", "VIEW_ALL_PERMISSION", "Grant", "can_view_all", "grant_for"]
+
+#: The value of ``?context=`` that names the site-wide stream.
+GLOBAL = "global"
+VIEW_ALL_PERMISSION = "redis_logstream.view_all_logs"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a request may watch: ``context`` (None: the site-wide stream)."""
+
+    context: str | None
+    token: str | None = None
+    view_all: bool = False
+
+    @property
+    def label(self) -> str:
+        return "the whole site" if self.context is None else self.context
+
+
+def can_view_all(user: Any) -> bool:
+    """Staff, superusers and holders of ``view_all_logs``."""
+    if not getattr(user, "is_authenticated", False) or not getattr(user, "is_active", True):
+        return False
+    return bool(user.is_staff or user.has_perm(VIEW_ALL_PERMISSION))
+
+
+def grant_for(request: Any) -> Grant:
+    """The context ``request`` asks for, if it may watch it.
+
+    Raises PermissionDenied (403) or BadRequest (400, a malformed context).
+    """
+    token = request.GET.get("token")
+    asked = request.GET.get("context")
+    if token is not None:
+        try:
+            context = read_stream_token(token)
+        except InvalidStreamToken as exc:
+            raise PermissionDenied(str(exc)) from None
+        if asked not in (None, "", context if context is not None else GLOBAL):
+            raise PermissionDenied("a stream token grants one context only")
+        return Grant(context, token=token)
+    user = request.user
+    if not user.is_authenticated:
+        raise PermissionDenied("sign in to watch log records")
+    view_all = can_view_all(user)
+    if asked == GLOBAL:
+        if not view_all:
+            raise PermissionDenied("only staff may watch the whole site's records")
+        return Grant(None, view_all=True)
+    try:
+        own = get_user_context(user)
+    except ValueError:
+        own = None
+    if not asked:
+        if own is None:
+            raise PermissionDenied("this user has no log context")
+        return Grant(own, view_all=view_all)
+    try:
+        context = validate_context(asked)
+    except ValueError as exc:
+        raise BadRequest(f"invalid context: {exc}") from None
+    if context != own and not view_all:
+        raise PermissionDenied("you may watch your own log context only")
+    return Grant(context, view_all=view_all)

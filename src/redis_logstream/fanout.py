@@ -1,0 +1,301 @@
+"""One Redis follower per stream per process, shared by every viewer.
+
+A live console can have hundreds of viewers on the same stream (the
+firehose on an operations screen, a job page many people opened).  If each
+held its own blocking ``XREAD``, Redis connections would grow with the
+audience.  Here a process has at most one :class:`Follower` thread per
+stream: it reads each new batch once, encodes every entry once (the SSE
+bytes are the same for all viewers), and hands the batch to every
+:class:`Subscription`.  Viewers only wait on their own inbox, with a
+threading or an asyncio wake-up, so one reading path serves both WSGI and
+ASGI transports.
+
+Why no viewer misses or repeats an entry: a subscriber registers *before*
+it reads its history (see :mod:`.sse`), and receives every batch dispatched
+after that; anything older is already in Redis, so the history read that
+follows includes it.  The overlap is removed by id.  A follower starts from
+the stream's newest id, read before anyone can subscribe to it.
+
+A viewer that cannot keep up (its inbox reaches ``limit``) is cut off
+rather than buffered without bound: its stream ends, the browser
+reconnects with ``Last-Event-ID`` and catches up from Redis.  A follower
+stops once its last viewer has left and closes its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from .diagnostics import report
+from .entries import Entry
+from .naming import Names
+from .reader import READ_MARGIN, StreamReader
+
+__all__ = ["Follower", "StreamHub", "Subscription", "id_key"]
+
+#: How long a follower waits between two reads: batches of a busy stream
+#: reach each viewer in one write, not one per record (hundreds of viewers
+#: times hundreds of records per second would otherwise be the cost).
+COALESCE = 0.05
+#: The longest blocking read; a follower whose viewers left notices it then.
+FOLLOW_BLOCK_MS = 2000
+#: Entries a viewer may have waiting before it is cut off (and resumes).
+INBOX_LIMIT = 10000
+#: Seen in ``CLIENT LIST``, so operators know whose connections these are.
+FOLLOWER_NAME = "redis_logstream:follower"
+
+Item = tuple["tuple[int, int] | None", bytes]
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    """A stream id as a pair that sorts the way Redis orders entries."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Subscription:
+    """One viewer's inbox: items pushed by a follower thread, taken by the viewer.
+
+    ``wake`` is how the pushing thread rouses a waiting viewer: set a
+    ``threading.Event`` (WSGI) or schedule an ``asyncio.Event`` on the
+    viewer's loop (ASGI).  It is called only while the viewer waits, so a
+    busy stream costs no wake-up per batch.
+    """
+
+    def __init__(self, follower: Follower, limit: int = INBOX_LIMIT) -> None:
+        self.follower = follower
+        self.limit = limit
+        self.overflowed = False
+        self.closed = False
+        self._items: deque[Item] = deque()
+        self._waiting = False
+        self._event: threading.Event | asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- the follower's side ------------------------------------------------
+
+    def push(self, items: list[Item]) -> None:
+        if self.overflowed or self.closed:
+            return
+        self._items.extend(items)
+        if len(self._items) > self.limit:
+            self.overflowed = True
+            self._items.clear()
+        self._wake()
+
+    def end(self) -> None:
+        """The follower is gone (its hub closed): let the viewer finish."""
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if not self._waiting:
+            return
+        self._waiting = False
+        event, loop = self._event, self._loop
+        if loop is not None:
+            # A closed loop (RuntimeError) means the viewer has left.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)  # type: ignore[union-attr]
+        elif event is not None:
+            event.set()  # type: ignore[call-arg]
+
+    # -- the viewer's side --------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """True when the viewer should end its response (and reconnect)."""
+        return self.overflowed or self.closed
+
+    def take(self) -> list[Item]:
+        items = []
+        while self._items:
+            items.append(self._items.popleft())
+        return items
+
+    def wait(self, timeout: float) -> list[Item]:
+        """Block up to ``timeout`` seconds for items (a WSGI viewer's thread)."""
+        if not self._items and not self.done:
+            if not isinstance(self._event, threading.Event):
+                self._event = threading.Event()
+            self._event.clear()
+            self._waiting = True
+            if not self._items and not self.done:  # pushed while we got ready
+                self._event.wait(timeout)
+            self._waiting = False
+        return self.take()
+
+    async def wait_async(self, timeout: float) -> list[Item]:
+        """Await items up to ``timeout`` seconds (an ASGI viewer's task)."""
+        if not self._items and not self.done:
+            if not isinstance(self._event, asyncio.Event):
+                self._event = asyncio.Event()
+                self._loop = asyncio.get_running_loop()
+            self._event.clear()
+            self._waiting = True
+            if not self._items and not self.done:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._event.wait(), timeout)
+            self._waiting = False
+        return self.take()
+
+    def close(self) -> None:
+        """Leave the follower; the last viewer to leave stops it."""
+        if not self.closed:
+            self.closed = True
+            self.follower.unsubscribe(self)
+
+
+class Follower(threading.Thread):
+    """Reads one stream for all of a process's viewers of it."""
+
+    def __init__(
+        self,
+        hub: StreamHub,
+        context: str | None,
+        client: Any,
+        encode: Callable[[Entry], bytes],
+    ) -> None:
+        super().__init__(name=f"redis-logstream-follower[{context or 'global'}]", daemon=True)
+        self.hub = hub
+        self.context = context
+        self.client = client
+        self.encode = encode
+        self.reader = StreamReader(client, hub.names, block_ms=FOLLOW_BLOCK_MS)
+        self.cursor = "0-0"
+        self.subscribers: list[Subscription] = []
+        self.stopping = threading.Event()
+
+    def start_from_newest(self) -> None:
+        """Read where the stream ends now: entries after it are live."""
+        newest = self.client.xrevrange(self.reader.stream(self.context), "+", "-", count=1)
+        if newest:
+            entry_id = newest[0][0]
+            self.cursor = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    def subscribe(self, limit: int = INBOX_LIMIT) -> Subscription:
+        subscription = Subscription(self, limit)
+        self.subscribers.append(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        with self.hub.lock:
+            if subscription in self.subscribers:
+                self.subscribers.remove(subscription)
+            if not self.subscribers:
+                self.stopping.set()
+                self.hub.forget(self)
+
+    def run(self) -> None:
+        try:
+            batches = self.reader.batches(
+                self.context, self.cursor, stop=self.stopping, notify=self._notify
+            )
+            for batch in batches:
+                if batch:
+                    items: list[Item] = [(id_key(e.id), self.encode(e)) for e in batch]
+                    for subscription in list(self.subscribers):
+                        subscription.push(items)
+                    self.stopping.wait(COALESCE)
+        except redis.RedisError as exc:  # not a lost connection: a broken setup
+            report(logging.ERROR, "redis_logstream: the console's reader failed: %s", exc)
+        finally:
+            with self.hub.lock:
+                self.stopping.set()
+                self.hub.forget(self)
+                ending = list(self.subscribers)
+            for subscription in ending:
+                subscription.end()
+            self.client.close()
+            self.client.connection_pool.disconnect()
+
+    def _notify(self, text: str) -> None:
+        status = self.hub.status_event(text, up=text.startswith("Redis is back"))
+        for subscription in list(self.subscribers):
+            subscription.push([(None, status)])
+
+
+class StreamHub:
+    """A process's followers, one per stream, made on first use.
+
+    ``client`` is the site's Redis client: each follower gets a connection
+    pool of its own cloned from it (same server, credentials and TLS), with
+    a socket timeout that fits its blocking reads.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        names: Names,
+        encode: Callable[[Entry], bytes],
+        status_event: Callable[..., bytes],
+    ) -> None:
+        self.client = client
+        self.names = names
+        self.encode = encode
+        self.status_event = status_event
+        self.lock = threading.Lock()
+        self.followers: dict[str, Follower] = {}
+
+    def subscribe(self, context: str | None, limit: int = INBOX_LIMIT) -> Subscription:
+        """Join the follower of ``context``'s stream, starting one if needed.
+
+        Raises redis errors when no follower exists and Redis cannot be
+        reached: the viewer is then told to come back later.
+        """
+        key = self.names.stream(context)
+        with self.lock:
+            follower = self.followers.get(key)
+            if follower is not None and not follower.stopping.is_set():
+                return follower.subscribe(limit)
+        fresh = Follower(self, context, follower_client(self.client), self.encode)
+        try:
+            fresh.start_from_newest()
+        except BaseException:
+            fresh.client.connection_pool.disconnect()
+            raise
+        with self.lock:
+            follower = self.followers.get(key)
+            if follower is None or follower.stopping.is_set():
+                self.followers[key] = follower = fresh
+                subscription = follower.subscribe(limit)
+                follower.start()
+                return subscription
+            subscription = follower.subscribe(limit)
+        fresh.client.connection_pool.disconnect()  # another viewer's won the race
+        return subscription
+
+    def forget(self, follower: Follower) -> None:
+        """Drop a stopping follower (called with :attr:`lock` held)."""
+        key = self.names.stream(follower.context)
+        if self.followers.get(key) is follower:
+            del self.followers[key]
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop every follower (their viewers' responses end)."""
+        with self.lock:
+            followers = list(self.followers.values())
+        for follower in followers:
+            follower.stopping.set()
+        for follower in followers:
+            if follower.is_alive():
+                follower.join(timeout)
+
+
+def follower_client(base: Any) -> redis.Redis:
+    """A client with a pool of its own, to ``base``'s server, for blocking reads."""
+    pool = base.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    kwargs["socket_timeout"] = FOLLOW_BLOCK_MS / 1000 + READ_MARGIN
+    kwargs["client_name"] = FOLLOWER_NAME
+    return redis.Redis(
+        connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    )

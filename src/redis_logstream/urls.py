@@ -1,0 +1,12 @@
+"""``path("logs/", include("redis_logstream.urls"))``: the console and its stream."""
+
+from django.urls import path
+
+from . import views
+
+app_name = "redis_logstream"
+
+urlpatterns = [
+    path("", views.console, name="console"),
+    path("stream/", views.stream, name="stream"),
+]
