@@ -87,3 +87,14 @@ def test_manage_py_check_fails_on_errors(settings) -> None:
     with_handler(settings, overflow="drop-all")
     with pytest.raises(SystemCheckError, match=r"redis_logstream\.E003"):
         call_command("check")
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("STREAM_HISTORY", -1), ("STREAM_HISTORY", "100"), ("STREAM_HEARTBEAT", 0),
+     ("STREAM_MAX_AGE", True), ("CELERY", "yes")],
+)
+def test_a_bad_site_setting_is_e003_naming_it(settings, key, value) -> None:
+    settings.REDIS_LOGSTREAM = {"CONNECTION": "default", key: value}
+    messages = [m for m in run_checks(tags=["redis_logstream"]) if m.id.endswith("E003")]
+    assert messages and key in messages[0].msg

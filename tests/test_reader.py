@@ -265,6 +265,18 @@ def test_ticks_report_idle_blocks_for_heartbeats(write: Writer, reader: StreamRe
     ticks.close()
 
 
+def test_ticks_report_a_busy_stream_whose_entries_the_filter_hides(
+    write: Writer, reader: StreamReader
+) -> None:
+    """A heartbeat must still get its turn while a filter hides every new entry."""
+    write("chatter", ALICE)
+    ticks = reader.ticks(ALICE, "0-0", timeout=5, block_ms=5000, match=lambda entry: False)
+    started = time.monotonic()
+    assert next(ticks) is None
+    assert time.monotonic() - started < 1  # the batch, not the 5 s block
+    ticks.close()
+
+
 def test_follow_survives_a_redis_restart(handlers, own_redis: RedisServer) -> None:
     write = Writer(handlers(url=own_redis.url))
     reader = StreamReader(client_for_url(own_redis.url, block_ms=100), block_ms=100)

@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 
-from .conf import resolve_options
+from .conf import SITE_DEFAULTS, resolve_options, site_setting
 from .connection import ConfigurationError, client_factory
 
 HANDLER_PATHS = {"redis_logstream.RedisLogHandler", "redis_logstream.handler.RedisLogHandler"}
@@ -60,6 +60,21 @@ def check_handlers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         messages += _check_options(f"LOGGING['handlers'][{name!r}]", options)
     if not entries and getattr(settings, "REDIS_LOGSTREAM", None):
         messages += _check_options("settings.REDIS_LOGSTREAM", {})
+    return messages
+
+
+@register("redis_logstream")
+def check_site_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Site-only settings (CELERY, STREAM_*) have the right type and range."""
+    messages: list[CheckMessage] = []
+    for name in SITE_DEFAULTS:
+        try:
+            site_setting(name)
+        except (TypeError, ValueError) as exc:
+            messages.append(Error(
+                str(exc), hint="See docs/django.md and docs/console.md for the site settings.",
+                obj="settings.REDIS_LOGSTREAM", id="redis_logstream.E003",
+            ))
     return messages
 
 

@@ -46,7 +46,7 @@ __all__ = ["Follower", "StreamHub", "Subscription", "id_key"]
 #: times hundreds of records per second would otherwise be the cost).
 COALESCE = 0.05
 #: The longest blocking read; a follower whose viewers left notices it then.
-FOLLOW_BLOCK_MS = 2000
+FOLLOW_BLOCK_MS = 1000
 #: Entries a viewer may have waiting before it is cut off (and resumes).
 INBOX_LIMIT = 10000
 #: Seen in ``CLIENT LIST``, so operators know whose connections these are.

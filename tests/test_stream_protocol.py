@@ -1,0 +1,231 @@
+"""The SSE view's protocol, served in-process: history, resume, live, errors.
+
+Fast and exact (no sockets): the body is read chunk by chunk from Django's
+test client, on the session Redis or a private one the test breaks.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from django.test import Client
+
+from redis_logstream import hubs
+from redis_logstream.entries import decode_entry
+from redis_logstream.fanout import Subscription, id_key
+from redis_logstream.naming import Names
+from redis_logstream.sse import log_event
+from redis_logstream.tokens import make_stream_token
+
+from helpers import wait_for
+from servers import RedisServer
+from sse_client import Event, parse_events
+
+JOB = "job_protocol"
+KEY = Names().stream(JOB)
+
+
+@pytest.fixture(autouse=True)
+def _quick_stream(settings, redis_url: str) -> Iterator[None]:
+    settings.REDIS_LOGSTREAM = {"URL": redis_url, "STREAM_HEARTBEAT": 0.2, "STREAM_MAX_AGE": 30.0}
+    yield
+    hubs.reset()
+
+
+def add(client: redis.Redis, *messages: str, key: str = KEY) -> list[str]:
+    return [
+        client.xadd(key, {"data": json.dumps({"message": m, "level": "INFO"})}).decode()
+        for m in messages
+    ]
+
+
+class Body:
+    """An open stream response, read chunk by chunk."""
+
+    def __init__(self, query: str = "", **headers: str) -> None:
+        token = make_stream_token(JOB, max_age=60)
+        self.response = Client().get(f"/logs/stream/?token={token}{query}", **headers)
+        self.status = self.response.status_code
+        self._chunks = iter(self.response.streaming_content) if self.response.streaming else None
+        self._pending: list[Event] = []
+
+    def until(self, predicate, limit: int = 200) -> list[Event]:
+        """Events up to and including the first that satisfies ``predicate``."""
+        seen: list[Event] = []
+        for _ in range(limit):
+            if not self._pending:
+                self._pending = parse_events(next(self._chunks))
+            while self._pending:
+                seen.append(self._pending.pop(0))
+                if predicate(seen[-1]):
+                    return seen
+        raise AssertionError(f"no matching event in {limit} chunks: {seen!r}")
+
+    def close(self) -> None:
+        self.response.close()
+
+
+@pytest.fixture
+def open_body() -> Iterator:
+    bodies: list[Body] = []
+
+    def make(query: str = "", **headers: str) -> Body:
+        bodies.append(Body(query, **headers))
+        return bodies[-1]
+
+    yield make
+    for body in bodies:
+        body.close()
+
+
+def messages(events: list[Event]) -> list[str]:
+    return [e.json["message"] for e in events if e.event == "log"]
+
+
+def is_ready(event: Event) -> bool:
+    return event.event == "ready"
+
+
+def test_a_new_viewer_gets_the_last_100_records_then_ready(redis_client, open_body):
+    add(redis_client, *(f"m{i}" for i in range(150)))
+    events = open_body().until(is_ready)
+    assert messages(events) == [f"m{i}" for i in range(50, 150)]
+    assert events[-1].json == {"history": 100}
+    assert events[0].comment == "redis-logstream"
+    assert next(e.retry for e in events if e.retry) == 2000
+
+
+def test_history_can_be_lowered_not_raised(redis_client, open_body, settings):
+    add(redis_client, *(f"m{i}" for i in range(150)))
+    assert messages(open_body("&history=3").until(is_ready)) == ["m147", "m148", "m149"]
+    assert len(messages(open_body("&history=500").until(is_ready))) == 100
+    settings.REDIS_LOGSTREAM = {**settings.REDIS_LOGSTREAM, "STREAM_HISTORY": 10}
+    assert len(messages(open_body().until(is_ready))) == 10
+
+
+def test_last_event_id_resumes_right_after_it(redis_client, open_body):
+    ids = add(redis_client, *(f"m{i}" for i in range(1200)))
+    events = open_body(HTTP_LAST_EVENT_ID=ids[99]).until(is_ready, limit=10)
+    assert messages(events) == [f"m{i}" for i in range(100, 1200)]  # more than one page
+    assert events[-1].json == {"history": 1100}
+    assert [e.id for e in events if e.event == "log"] == ids[100:]
+
+
+def test_the_last_event_id_query_parameter_works_like_the_header(redis_client, open_body):
+    ids = add(redis_client, "a", "b", "c")
+    assert messages(open_body(f"&last_event_id={ids[0]}").until(is_ready)) == ["b", "c"]
+
+
+def test_live_records_follow_the_history_without_gap_or_duplicate(redis_client, open_body):
+    """Records written while viewers connect: each viewer sees one unbroken run."""
+    stop = threading.Event()
+    written: list[str] = []
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            written.extend(add(redis_client, f"w{n}"))
+            n += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        time.sleep(0.05)
+        bodies = [open_body("&history=5") for _ in range(5)]
+        seen = []
+        for body in bodies:
+            ids: list[str] = []
+            while len(ids) < 300:
+                ids += [e.id for e in body.until(lambda e: e.event == "log") if e.event == "log"]
+            seen.append(ids)
+    finally:
+        stop.set()
+        thread.join()
+    for ids in seen:
+        start = written.index(ids[0])
+        assert ids == written[start : start + len(ids)]
+
+
+def test_an_idle_stream_sends_a_heartbeat(open_body):
+    body = open_body()
+    body.until(is_ready)
+    started = time.monotonic()
+    assert body.until(lambda e: e.comment == "ping")[-1].comment == "ping"
+    assert time.monotonic() - started < 1.0
+
+
+def test_redis_down_at_connect_is_a_503_the_browser_retries(settings, own_redis: RedisServer):
+    settings.REDIS_LOGSTREAM = {**settings.REDIS_LOGSTREAM, "URL": own_redis.url}
+    own_redis.kill()
+    token = make_stream_token(JOB, max_age=60)
+    response = Client().get(f"/logs/stream/?token={token}")
+    assert response.status_code == 503
+    assert response["Retry-After"] == "2"
+
+
+def test_viewers_hear_that_redis_went_away_and_came_back_and_miss_nothing(
+    settings, own_redis: RedisServer, open_body
+):
+    settings.REDIS_LOGSTREAM = {**settings.REDIS_LOGSTREAM, "URL": own_redis.url}
+    store = redis.Redis.from_url(own_redis.url)
+    body = open_body("&history=0")
+    body.until(is_ready)
+    own_redis.kill()
+    down = body.until(lambda e: e.event == "status")[-1].json
+    assert down["redis"] == "down"
+    own_redis.restart()
+    add(store, "after the restart")
+    events = body.until(lambda e: e.event == "log")
+    assert [e.json["redis"] for e in events if e.event == "status"] == ["up"]
+    assert messages(events) == ["after the restart"]
+    store.close()
+
+
+def test_a_viewer_that_falls_too_far_behind_is_cut_off_to_resume(redis_client):
+    hub = hubs.get_hub()
+    subscription = hub.subscribe(JOB, limit=3)
+    try:
+        subscription.push([((1, n), b"x") for n in range(4)])
+        assert subscription.done and subscription.take() == []
+    finally:
+        subscription.close()
+    wait_for(lambda: not hub.followers)
+
+
+def test_the_last_viewer_leaving_stops_the_follower(redis_client, open_body):
+    body = open_body()
+    body.until(is_ready)
+    hub = hubs.get_hub()
+    follower = next(iter(hub.followers.values()))
+    body.close()
+    follower.join(3)
+    assert not follower.is_alive() and not hub.followers
+
+
+def test_entries_from_other_producers_become_one_line_json_events():
+    odd = decode_entry(b"1-0", {b"data": b'{"message":\n "two\\nlines"}'})
+    broken = decode_entry(b"2-0", {b"data": b"\xff not json"})
+    for entry in (odd, broken):
+        (event,) = parse_events(log_event(entry))
+        assert event.data.count("\n") == 0
+        assert isinstance(event.json, dict)
+    assert parse_events(log_event(odd))[0].json["message"] == "two\nlines"
+    assert parse_events(log_event(broken))[0].json["level"] == "?"
+
+
+def test_stream_ids_order_like_redis():
+    assert id_key("1700000000000-10") > id_key("1700000000000-9")
+    assert id_key("1700000000001-0") > id_key("1700000000000-99")
+
+
+def test_a_waiting_viewer_is_woken_by_a_push():
+    subscription = Subscription(follower=None)  # type: ignore[arg-type]
+    threading.Timer(0.05, subscription.push, [[((1, 0), b"x")]]).start()
+    started = time.monotonic()
+    assert subscription.wait(5) == [((1, 0), b"x")]
+    assert time.monotonic() - started < 1

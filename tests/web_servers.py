@@ -1,0 +1,92 @@
+"""The test site served by real web servers, as sites serve it.
+
+The live console must work under runserver, gunicorn's threaded workers
+and uvicorn: three servers, three ways of writing a streaming response and
+of noticing that a client left. Each runs as a child process on a free
+loopback port, with ``stream_settings`` (the test site plus short stream
+timings), against the session's Redis; it is stopped by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from servers import LOOPBACK, free_port
+
+__all__ = ["KINDS", "WebServer"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+KINDS = ("runserver", "gunicorn", "uvicorn")
+
+
+def _command(kind: str, port: int) -> list[str]:
+    bind = f"{LOOPBACK}:{port}"
+    if kind == "runserver":
+        return [sys.executable, "manage.py", "runserver", bind, "--noreload"]
+    if kind == "gunicorn":
+        return [sys.executable, "-m", "gunicorn", "testproject.wsgi:application", "--bind", bind,
+                "--worker-class", "gthread", "--workers", "1", "--threads", "32",
+                "--log-level", "warning"]
+    if kind == "uvicorn":
+        return [sys.executable, "-m", "uvicorn", "testproject.asgi:application", "--host",
+                LOOPBACK, "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    raise ValueError(kind)
+
+
+class WebServer:
+    """One web server process serving the test site."""
+
+    def __init__(self, kind: str, redis_url: str) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.data_dir = tempfile.mkdtemp(prefix=f"redis-logstream-{kind}-")
+        env = {
+            **os.environ,
+            "REDIS_URL": redis_url,
+            "DJANGO_SETTINGS_MODULE": "stream_settings",
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT), str(ROOT / "src")]),
+            "TESTPROJECT_DATA_DIR": self.data_dir,
+            "TESTPROJECT_LOG_CONSOLE": "0",
+        }
+        self.log = open(Path(self.data_dir) / "server.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            _command(kind, self.port), cwd=ROOT, env=env, stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self._wait_until_listening()
+
+    def _wait_until_listening(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited at start:\n{self.output()}")
+            with socket.socket() as sock:
+                if sock.connect_ex((LOOPBACK, self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.kind} did not listen within {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return (Path(self.data_dir) / "server.log").read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.log.close()
