@@ -3,7 +3,9 @@
 # Everything here must work on a fresh machine that has only Python and access
 # to the package registries (PyPI, Debian's apt): the venv is built from
 # pyproject.toml, and the system tools the tests need (redis-server, valgrind)
-# are installed with apt-get when missing and we are root.
+# are installed with apt-get when missing and we are root. The browser tests
+# drive Debian's chromium with the playwright package (a dev dependency);
+# playwright's own browser download is never used.
 
 SHELL := /bin/sh
 .DEFAULT_GOAL := test
@@ -22,7 +24,7 @@ PYTHON ?= $(shell for p in python3.11 python3; do \
 
 PYTEST_ARGS ?=
 
-.PHONY: venv install test lint demo bench tools clean distclean
+.PHONY: venv install test lint demo bench bench-viewers tools clean distclean
 
 venv install: $(STAMP)
 
@@ -59,6 +61,7 @@ endef
 tools:
 	$(call ensure_apt,redis-server,redis-server)
 	$(call ensure_apt,valgrind,valgrind)
+	$(call ensure_apt,chromium,chromium)
 
 # The whole suite runs twice: on the newest Django LTS (5.2, in .venv) with
 # the newest redis-py, and on the oldest versions supported (Django 4.2, the
@@ -88,6 +91,9 @@ demo: install
 
 bench: install tools
 	$(VENV_PY) bench/bench_handler.py
+
+bench-viewers: install tools
+	$(VENV_PY) bench/bench_viewers.py
 
 clean:
 	rm -rf .demo .pytest_cache .ruff_cache build dist

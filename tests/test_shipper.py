@@ -220,7 +220,11 @@ def test_a_partial_write_retries_only_what_was_not_stored() -> None:
     for i in range(10):
         put(shipper, i)
     assert shipper.flush(5)
-    assert sink.records == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    # The first batch may hold fewer than 10 (the worker can start early);
+    # whatever its size, its refused record is lost and nothing is repeated.
+    assert len(sink.records) == 9
+    assert sink.records == sorted(set(sink.records))
+    assert len(set(range(10)) - set(sink.records)) == 1
     stats = shipper.stats()
     assert stats["sent"] == 9 and stats["failed"] == 1
     shipper.shutdown(1)

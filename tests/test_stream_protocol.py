@@ -17,7 +17,7 @@ from django.test import Client
 
 from redis_logstream import hubs
 from redis_logstream.entries import decode_entry
-from redis_logstream.fanout import Subscription, id_key
+from redis_logstream.fanout import Subscription, id_key, wake
 from redis_logstream.naming import Names
 from redis_logstream.sse import log_event
 from redis_logstream.tokens import make_stream_token
@@ -25,6 +25,8 @@ from redis_logstream.tokens import make_stream_token
 from helpers import wait_for
 from servers import RedisServer
 from sse_client import Event, parse_events
+
+pytestmark = pytest.mark.django_db  # closing a response closes old DB connections
 
 JOB = "job_protocol"
 KEY = Names().stream(JOB)
@@ -190,7 +192,7 @@ def test_a_viewer_that_falls_too_far_behind_is_cut_off_to_resume(redis_client):
     hub = hubs.get_hub()
     subscription = hub.subscribe(JOB, limit=3)
     try:
-        subscription.push([((1, n), b"x") for n in range(4)])
+        assert subscription.push([((1, n), b"x") for n in range(4)]) is None  # not waiting
         assert subscription.done and subscription.take() == []
     finally:
         subscription.close()
@@ -225,7 +227,25 @@ def test_stream_ids_order_like_redis():
 
 def test_a_waiting_viewer_is_woken_by_a_push():
     subscription = Subscription(follower=None)  # type: ignore[arg-type]
-    threading.Timer(0.05, subscription.push, [[((1, 0), b"x")]]).start()
+
+    def push() -> None:
+        wake([s for s in [subscription] if s.push([((1, 0), b"x")])])
+
+    threading.Timer(0.05, push).start()
     started = time.monotonic()
     assert subscription.wait(5) == [((1, 0), b"x")]
     assert time.monotonic() - started < 1
+
+
+def test_viewers_of_one_event_loop_are_woken_together():
+    import asyncio
+
+    async def main() -> list:
+        subscriptions = [Subscription(follower=None) for _ in range(3)]  # type: ignore[arg-type]
+        waits = [asyncio.ensure_future(s.wait_async(5)) for s in subscriptions]
+        await asyncio.sleep(0.01)  # all three wait now
+        pushed = [s.push([((1, 0), b"x")]) for s in subscriptions]
+        threading.Thread(target=wake, args=(pushed,)).start()
+        return await asyncio.wait_for(asyncio.gather(*waits), 2)
+
+    assert asyncio.run(main()) == [[((1, 0), b"x")]] * 3

@@ -165,6 +165,7 @@ def test_a_response_ends_after_max_age_and_the_browser_resumes(server, store, jo
     with viewer(server, job, "&history=0") as client:
         client.wait_for(lambda e: e.event == "ready")
         start = time.monotonic()
-        client.events(MAX_AGE + 3)
+        last = client.events(MAX_AGE + 3)[-1]
         assert client.ended
+        assert last.retry == 250  # come back at once, not after the usual 2 s
         assert MAX_AGE - 0.5 < time.monotonic() - start < MAX_AGE + 3

@@ -44,7 +44,7 @@ def _command(kind: str, port: int) -> list[str]:
 class WebServer:
     """One web server process serving the test site."""
 
-    def __init__(self, kind: str, redis_url: str) -> None:
+    def __init__(self, kind: str, redis_url: str, users: dict[str, str] | None = None) -> None:
         self.kind = kind
         self.port = free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
@@ -58,11 +58,24 @@ class WebServer:
             "TESTPROJECT_LOG_CONSOLE": "0",
         }
         self.log = open(Path(self.data_dir) / "server.log", "wb")  # noqa: SIM115
+        if users:
+            self._prepare_database(env, users)
         self.proc = subprocess.Popen(
             _command(kind, self.port), cwd=ROOT, env=env, stdout=self.log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
         self._wait_until_listening()
+
+    def _prepare_database(self, env: dict[str, str], users: dict[str, str]) -> None:
+        """Migrate the server's own SQLite database and create ``users``."""
+        manage = [sys.executable, "manage.py"]
+        subprocess.run([*manage, "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+        script = (
+            "from django.contrib.auth import get_user_model\n"
+            f"for name, password in {users!r}.items():\n"
+            "    get_user_model().objects.create_user(name, password=password)\n"
+        )
+        subprocess.run([*manage, "shell", "-c", script], cwd=ROOT, env=env, check=True)
 
     def _wait_until_listening(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -64,10 +64,9 @@ def id_key(entry_id: str) -> tuple[int, int]:
 class Subscription:
     """One viewer's inbox: items pushed by a follower thread, taken by the viewer.
 
-    ``wake`` is how the pushing thread rouses a waiting viewer: set a
-    ``threading.Event`` (WSGI) or schedule an ``asyncio.Event`` on the
-    viewer's loop (ASGI).  It is called only while the viewer waits, so a
-    busy stream costs no wake-up per batch.
+    A viewer waits on a ``threading.Event`` (WSGI) or on an ``asyncio.Event``
+    of its loop (ASGI); :func:`wake` sets it, and only while the viewer
+    waits, so a busy stream costs no wake-up per batch.
     """
 
     def __init__(self, follower: Follower, limit: int = INBOX_LIMIT) -> None:
@@ -82,31 +81,28 @@ class Subscription:
 
     # -- the follower's side ------------------------------------------------
 
-    def push(self, items: list[Item]) -> None:
+    def push(self, items: list[Item]) -> Subscription | None:
+        """Queue ``items``; return self if the viewer waits and must be woken
+        (the caller wakes many at once: see :func:`wake`)."""
         if self.overflowed or self.closed:
-            return
+            return None
         self._items.extend(items)
         if len(self._items) > self.limit:
             self.overflowed = True
             self._items.clear()
-        self._wake()
+        return self._claim_wake()
 
     def end(self) -> None:
         """The follower is gone (its hub closed): let the viewer finish."""
         self.closed = True
-        self._wake()
+        if self._claim_wake() is not None:
+            wake([self])
 
-    def _wake(self) -> None:
+    def _claim_wake(self) -> Subscription | None:
         if not self._waiting:
-            return
+            return None
         self._waiting = False
-        event, loop = self._event, self._loop
-        if loop is not None:
-            # A closed loop (RuntimeError) means the viewer has left.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(event.set)  # type: ignore[union-attr]
-        elif event is not None:
-            event.set()  # type: ignore[call-arg]
+        return self
 
     # -- the viewer's side --------------------------------------------------
 
@@ -152,6 +148,28 @@ class Subscription:
         if not self.closed:
             self.closed = True
             self.follower.unsubscribe(self)
+
+
+def wake(subscriptions: list[Subscription]) -> None:
+    """Rouse waiting viewers: threads directly, and the viewers of each event
+    loop with one call into that loop (hundreds of viewers on one ASGI
+    server would otherwise cost hundreds of cross-thread calls per batch)."""
+    loops: dict[asyncio.AbstractEventLoop, list[asyncio.Event]] = {}
+    for subscription in subscriptions:
+        event, loop = subscription._event, subscription._loop
+        if loop is not None:
+            loops.setdefault(loop, []).append(event)  # type: ignore[arg-type]
+        elif event is not None:
+            event.set()  # type: ignore[call-arg]
+    for loop, events in loops.items():
+        # A closed loop (RuntimeError) means its viewers have left.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_set_all, events)
+
+
+def _set_all(events: list[asyncio.Event]) -> None:
+    for event in events:
+        event.set()
 
 
 class Follower(threading.Thread):
@@ -202,8 +220,7 @@ class Follower(threading.Thread):
             for batch in batches:
                 if batch:
                     items: list[Item] = [(id_key(e.id), self.encode(e)) for e in batch]
-                    for subscription in list(self.subscribers):
-                        subscription.push(items)
+                    wake([s for s in list(self.subscribers) if s.push(items)])
                     self.stopping.wait(COALESCE)
         except redis.RedisError as exc:  # not a lost connection: a broken setup
             report(logging.ERROR, "redis_logstream: the console's reader failed: %s", exc)
@@ -219,8 +236,7 @@ class Follower(threading.Thread):
 
     def _notify(self, text: str) -> None:
         status = self.hub.status_event(text, up=text.startswith("Redis is back"))
-        for subscription in list(self.subscribers):
-            subscription.push([(None, status)])
+        wake([s for s in list(self.subscribers) if s.push([(None, status)])])
 
 
 class StreamHub:

@@ -34,6 +34,9 @@ __all__ = ["HEARTBEAT", "EventStream", "log_event", "status_event"]
 RETRY_MS = 2000
 PREAMBLE = b"retry: %d\n: redis-logstream\n\n" % RETRY_MS
 HEARTBEAT = b": ping\n\n"
+#: Sent when the server ends a response on purpose (max age, a viewer too
+#: far behind): the browser comes back at once instead of after RETRY_MS.
+COME_BACK_SOON = b"retry: 250\n\n"
 
 
 def log_event(entry: Entry) -> bytes:
@@ -175,6 +178,7 @@ class EventStream:
                 chunk = self._after_wait(self.subscription.wait(wait))
                 if chunk:
                     yield chunk
+            yield COME_BACK_SOON
         finally:
             self.close()
 
@@ -192,5 +196,6 @@ class EventStream:
                 chunk = self._after_wait(await self.subscription.wait_async(wait))
                 if chunk:
                     yield chunk
+            yield COME_BACK_SOON
         finally:
             self.close()
