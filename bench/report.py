@@ -30,14 +30,19 @@ MAX_BURST_RATIO = 1.5
 MAX_IDLE_CPU_MS = 50.0
 
 
-def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
+def cpu_model() -> str:
+    """The processor's name, as /proc/cpuinfo gives it."""
     model = platform.processor() or "unknown"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
         for line in cpuinfo:
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return model
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = cpu_model()
     valgrind = subprocess.run(["valgrind", "--version"], capture_output=True, text=True,
                               check=False).stdout.strip()
     return {

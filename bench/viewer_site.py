@@ -34,6 +34,7 @@ import redis
 from private_redis import free_port
 from redis_logstream.fanout import FOLLOWER_NAME
 from redis_logstream.hubs import BACKLOG_NAME
+from report import cpu_model
 from sse_load import MESSAGE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -258,12 +259,7 @@ def machine(monitor: redis.Redis) -> dict[str, Any]:
     import django
     import uvicorn
 
-    model = platform.processor() or "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True, check=False).stdout.strip()
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"],

@@ -16,7 +16,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_safe
+from django.views.decorators.http import require_GET, require_safe
 
 from . import hubs
 from .access import GLOBAL, Grant, grant_for
@@ -51,7 +51,7 @@ def _resume_after(request: HttpRequest) -> str | None:
 
 
 @never_cache
-@require_safe
+@require_GET
 def stream(request: HttpRequest) -> HttpResponse:
     """``text/event-stream`` of one context: history (or resume), then live."""
     grant = grant_for(request)
