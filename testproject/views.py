@@ -6,8 +6,10 @@ import logging
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.urls import reverse
 
 from redis_logstream import get_log_context, get_user_context, job_id_factory, log_context
+from redis_logstream.tokens import make_stream_token
 
 logger = logging.getLogger(__name__)
 
@@ -55,4 +57,10 @@ def work(request: HttpRequest) -> JsonResponse:
                 records += 1
         logger.info("work finished for %s", who)
         records += 1
-    return JsonResponse({"context": context, "records": records, "steps": steps})
+    # Where to watch it: a job gets a token link anyone with it may open.
+    console = reverse("redis_logstream:console")
+    if as_job:
+        console += f"?token={make_stream_token(context, max_age=3600)}"
+    return JsonResponse(
+        {"context": context, "records": records, "steps": steps, "console": console}
+    )

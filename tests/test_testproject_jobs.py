@@ -34,6 +34,7 @@ def test_a_signed_in_user_starts_a_job_that_logs_under_their_context(
         "context": "User.alice",
         "celery_task": None,
         "watch": "python manage.py tail_logs User.alice -f",
+        "console": "/logs/",
     }
     started[0].join(5)
     assert site_handler().flush(5)
