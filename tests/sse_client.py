@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 __all__ = ["Event", "SSEClient", "parse_events"]
 
@@ -46,9 +49,14 @@ class _Parser:
     def feed(self, chunk: bytes) -> list[Event]:
         self.buffer += chunk
         events = []
-        while b"\n" in self.buffer:
-            line, self.buffer = self.buffer.split(b"\n", 1)
-            text = line.decode("utf-8").rstrip("\r")
+        while True:
+            # A line ends at CRLF, LF or a lone CR (a CR last in the buffer
+            # may be the first half of a CRLF still on its way).
+            match = _LINE_END.search(self.buffer)
+            if match is None or (match.group() == b"\r" and match.end() == len(self.buffer)):
+                break
+            line, self.buffer = self.buffer[: match.start()], self.buffer[match.end() :]
+            text = line.decode("utf-8")
             if not text:
                 if self.current.fields:
                     self.current.data = "\n".join(self.data)

@@ -217,3 +217,33 @@ def test_a_malformed_last_event_id_header_is_400(staff, seeded):
 
 def test_the_stream_accepts_get_only(staff):
     assert staff.post(STREAM).status_code == 405
+
+
+def test_an_inactive_user_is_refused_even_by_a_backend_that_lets_them_in(
+    django_user_model, seeded, settings
+):
+    settings.AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.AllowAllUsersModelBackend"]
+    user = django_user_model.objects.create_user("dormant", password="x", is_active=False)
+    client = Client()
+    client.force_login(user)
+    assert opened(client, STREAM)[0] == 403
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stream_gives_back_its_database_connection(django_user_model, seeded, monkeypatch):
+    """Hundreds of viewers must not hold hundreds of idle database connections.
+
+    (The test database is SQLite in memory, whose close() keeps it open; so
+    the test sees that the view closes it, not that it is gone.)
+    """
+    from django.db import connection
+
+    client = _client(django_user_model, "alice")
+    closed = []
+    monkeypatch.setattr(connection, "close", lambda: closed.append(True))
+    response = client.get(STREAM)
+    try:
+        assert closed  # before the first event is sent
+        assert next(iter(response.streaming_content))
+    finally:
+        response.close()

@@ -122,7 +122,7 @@ def test_a_reconnect_with_last_event_id_resumes_with_no_gap_and_no_duplicate(
 def test_an_idle_stream_sends_heartbeats(server, job):
     with viewer(server, job) as client:
         client.wait_for(lambda e: e.event == "ready")
-        events = client.events(1.0)
+        events = client.events(2.0)  # heartbeat 0.3 s: about 6, at least 2 on a busy machine
         assert sum(1 for e in events if e.comment == "ping") >= 2
 
 
@@ -167,5 +167,5 @@ def test_a_response_ends_after_max_age_and_the_browser_resumes(server, store, jo
         start = time.monotonic()
         last = client.events(MAX_AGE + 3)[-1]
         assert client.ended
-        assert last.retry == 250  # come back at once, not after the usual 2 s
+        assert last.retry == 500  # come back at once, not after the usual 2 s
         assert MAX_AGE - 0.5 < time.monotonic() - start < MAX_AGE + 3

@@ -64,7 +64,8 @@ def grant_for(request: Any) -> Grant:
             raise PermissionDenied("a stream token grants one context only")
         return Grant(context, token=token)
     user = request.user
-    if not user.is_authenticated:
+    # is_active too: an authentication backend may let inactive users in.
+    if not user.is_authenticated or not getattr(user, "is_active", True):
         raise PermissionDenied("sign in to watch log records")
     view_all = can_view_all(user)
     if asked == GLOBAL:

@@ -18,8 +18,10 @@ the stream's newest id, read before anyone can subscribe to it.
 
 A viewer that cannot keep up (its inbox reaches ``limit``) is cut off
 rather than buffered without bound: its stream ends, the browser
-reconnects with ``Last-Event-ID`` and catches up from Redis.  A follower
-stops once its last viewer has left and closes its connection.
+reconnects with ``Last-Event-ID`` and catches up from Redis.  A viewer
+that stops reading its inbox altogether (a response the server threw away
+unread) is dropped after ``stale_after`` seconds.  A follower stops once
+its last viewer has left and closes its connection.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +40,7 @@ import redis
 from .diagnostics import report
 from .entries import Entry
 from .naming import Names
-from .reader import READ_MARGIN, StreamReader
+from .reader import PAGE, READ_MARGIN, StreamReader
 
 __all__ = ["Follower", "StreamHub", "Subscription", "id_key"]
 
@@ -49,6 +52,8 @@ COALESCE = 0.05
 FOLLOW_BLOCK_MS = 1000
 #: Entries a viewer may have waiting before it is cut off (and resumes).
 INBOX_LIMIT = 10000
+#: A viewer that has not looked at its inbox for this long is dropped.
+STALE_AFTER = 60.0
 #: Seen in ``CLIENT LIST``, so operators know whose connections these are.
 FOLLOWER_NAME = "redis_logstream:follower"
 
@@ -69,9 +74,13 @@ class Subscription:
     waits, so a busy stream costs no wake-up per batch.
     """
 
-    def __init__(self, follower: Follower, limit: int = INBOX_LIMIT) -> None:
+    def __init__(
+        self, follower: Follower, limit: int = INBOX_LIMIT, stale_after: float = STALE_AFTER
+    ) -> None:
         self.follower = follower
         self.limit = limit
+        self.stale_after = stale_after
+        self.seen = time.monotonic()
         self.overflowed = False
         self.closed = False
         self._items: deque[Item] = deque()
@@ -111,14 +120,24 @@ class Subscription:
         """True when the viewer should end its response (and reconnect)."""
         return self.overflowed or self.closed
 
+    @property
+    def stale(self) -> bool:
+        """Nobody has read this inbox for ``stale_after`` seconds: its viewer
+        is gone without closing it (a response thrown away unread)."""
+        return time.monotonic() - self.seen > self.stale_after
+
     def take(self) -> list[Item]:
+        self.seen = time.monotonic()
         items = []
-        while self._items:
-            items.append(self._items.popleft())
+        # The follower may clear the deque (overflow) between two pops.
+        with contextlib.suppress(IndexError):
+            while self._items:
+                items.append(self._items.popleft())
         return items
 
     def wait(self, timeout: float) -> list[Item]:
         """Block up to ``timeout`` seconds for items (a WSGI viewer's thread)."""
+        self.seen = time.monotonic()
         if not self._items and not self.done:
             if not isinstance(self._event, threading.Event):
                 self._event = threading.Event()
@@ -131,6 +150,7 @@ class Subscription:
 
     async def wait_async(self, timeout: float) -> list[Item]:
         """Await items up to ``timeout`` seconds (an ASGI viewer's task)."""
+        self.seen = time.monotonic()
         if not self._items and not self.done:
             if not isinstance(self._event, asyncio.Event):
                 self._event = asyncio.Event()
@@ -199,8 +219,8 @@ class Follower(threading.Thread):
             entry_id = newest[0][0]
             self.cursor = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
-    def subscribe(self, limit: int = INBOX_LIMIT) -> Subscription:
-        subscription = Subscription(self, limit)
+    def subscribe(self, limit: int, stale_after: float) -> Subscription:
+        subscription = Subscription(self, limit, stale_after)
         self.subscribers.append(subscription)
         return subscription
 
@@ -221,6 +241,9 @@ class Follower(threading.Thread):
                 if batch:
                     items: list[Item] = [(id_key(e.id), self.encode(e)) for e in batch]
                     wake([s for s in list(self.subscribers) if s.push(items)])
+                for subscription in [s for s in list(self.subscribers) if s.stale]:
+                    subscription.close()
+                if batch and len(batch) < PAGE:  # a full batch: more is waiting
                     self.stopping.wait(COALESCE)
         except redis.RedisError as exc:  # not a lost connection: a broken setup
             report(logging.ERROR, "redis_logstream: the console's reader failed: %s", exc)
@@ -260,33 +283,49 @@ class StreamHub:
         self.status_event = status_event
         self.lock = threading.Lock()
         self.followers: dict[str, Follower] = {}
+        self._starting: dict[str, threading.Event] = {}
 
-    def subscribe(self, context: str | None, limit: int = INBOX_LIMIT) -> Subscription:
+    def subscribe(
+        self, context: str | None, limit: int = INBOX_LIMIT, stale_after: float = STALE_AFTER
+    ) -> Subscription:
         """Join the follower of ``context``'s stream, starting one if needed.
 
-        Raises redis errors when no follower exists and Redis cannot be
-        reached: the viewer is then told to come back later.
+        Viewers arriving together while a follower starts wait for it rather
+        than each opening a connection.  Raises redis errors when Redis
+        cannot be reached: the viewer is then told to come back later.
         """
         key = self.names.stream(context)
-        with self.lock:
-            follower = self.followers.get(key)
-            if follower is not None and not follower.stopping.is_set():
-                return follower.subscribe(limit)
+        while True:
+            with self.lock:
+                follower = self.followers.get(key)
+                if follower is not None and not follower.stopping.is_set():
+                    return follower.subscribe(limit, stale_after)
+                starting = self._starting.get(key)
+                if starting is None:
+                    self._starting[key] = threading.Event()
+                    break
+            starting.wait(FOLLOW_BLOCK_MS / 1000 + READ_MARGIN)
+        try:
+            return self._start(context, key, limit, stale_after)
+        finally:
+            with self.lock:
+                self._starting.pop(key).set()
+
+    def _start(
+        self, context: str | None, key: str, limit: int, stale_after: float
+    ) -> Subscription:
         fresh = Follower(self, context, follower_client(self.client), self.encode)
         try:
             fresh.start_from_newest()
+            with self.lock:
+                self.followers[key] = fresh
+                subscription = fresh.subscribe(limit, stale_after)
+                fresh.start()
         except BaseException:
+            with self.lock:
+                self.forget(fresh)
             fresh.client.connection_pool.disconnect()
             raise
-        with self.lock:
-            follower = self.followers.get(key)
-            if follower is None or follower.stopping.is_set():
-                self.followers[key] = follower = fresh
-                subscription = follower.subscribe(limit)
-                follower.start()
-                return subscription
-            subscription = follower.subscribe(limit)
-        fresh.client.connection_pool.disconnect()  # another viewer's won the race
         return subscription
 
     def forget(self, follower: Follower) -> None:

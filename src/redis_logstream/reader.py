@@ -61,7 +61,7 @@ PAGE = 500
 _BACKOFF_FIRST, _BACKOFF_CAP = 0.1, 2.0
 _MAX_SEQ = 2**64 - 1
 
-_ID = re.compile(r"(\d{1,20})-(\d{1,20})")
+_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -70,7 +70,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 60480
 def parse_entry_id(text: str) -> str:
     """Check a stream entry id (``<ms>-<seq>``, as SSE ids and cursors are)."""
     match = _ID.fullmatch(text.strip())
-    if not match or int(match.group(2)) > _MAX_SEQ:
+    if not match or max(int(match.group(1)), int(match.group(2))) > _MAX_SEQ:
         raise ValueError(f"{text!r} is not a stream entry id such as 1700000000000-0")
     return f"{int(match.group(1))}-{int(match.group(2))}"
 

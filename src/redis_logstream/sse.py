@@ -36,7 +36,7 @@ PREAMBLE = b"retry: %d\n: redis-logstream\n\n" % RETRY_MS
 HEARTBEAT = b": ping\n\n"
 #: Sent when the server ends a response on purpose (max age, a viewer too
 #: far behind): the browser comes back at once instead of after RETRY_MS.
-COME_BACK_SOON = b"retry: 250\n\n"
+COME_BACK_SOON = b"retry: 500\n\n"
 
 
 def log_event(entry: Entry) -> bytes:
@@ -94,7 +94,11 @@ class EventStream:
     def open(self) -> None:
         """Join the live feed, then read the first backlog page (order matters:
         see :mod:`.fanout`).  Raises redis errors."""
-        self.subscription = self.hub.subscribe(self.context)
+        # A viewer reads its inbox at least once per heartbeat; one that
+        # stops reading (a response nobody iterates) loses its place.
+        self.subscription = self.hub.subscribe(
+            self.context, stale_after=2 * self.heartbeat + 30
+        )
         try:
             self._first = self._first_page()
         except BaseException:
@@ -148,10 +152,13 @@ class EventStream:
     def _next_wait(self) -> float | None:
         """How long to wait for live items; None once the response should end."""
         assert self.subscription is not None
-        left = self._deadline - time.monotonic()
+        now = time.monotonic()
+        left = self._deadline - now
         if self.subscription.done or left <= 0:
             return None
-        return min(self.heartbeat, left)
+        # Until the next heartbeat is due, not a full period from now: a
+        # wake-up that brought nothing to send must not delay it.
+        return max(0.01, min(self.heartbeat - (now - self._quiet_since), left))
 
     def _after_wait(self, items: list[Item]) -> bytes:
         """What to write after a wait: new events, a heartbeat, or nothing."""
@@ -165,7 +172,15 @@ class EventStream:
 
     # -- the two transports --------------------------------------------------
 
-    def sync_body(self) -> Iterator[bytes]:
+    def sync_body(self) -> SyncBody:
+        """The response body for WSGI."""
+        return SyncBody(self)
+
+    def async_body(self) -> AsyncBody:
+        """The response body for ASGI."""
+        return AsyncBody(self)
+
+    def _sync_events(self) -> Iterator[bytes]:
         """For WSGI: a failed write on a heartbeat is how the server learns
         the client left; it then closes this generator."""
         assert self.subscription is not None, "open() first"
@@ -182,7 +197,7 @@ class EventStream:
         finally:
             self.close()
 
-    async def async_body(self) -> AsyncIterator[bytes]:
+    async def _async_events(self) -> AsyncIterator[bytes]:
         """For ASGI: Django (5.0+) cancels this when the client disconnects."""
         from asgiref.sync import sync_to_async
 
@@ -199,3 +214,34 @@ class EventStream:
             yield COME_BACK_SOON
         finally:
             self.close()
+
+
+class SyncBody:
+    """A WSGI body whose ``close()`` frees the viewer's place even if the
+    server never started iterating it (a generator's ``finally`` would not
+    run then)."""
+
+    def __init__(self, stream: EventStream) -> None:
+        self._stream = stream
+        self._events = stream._sync_events()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._events
+
+    def close(self) -> None:
+        self._events.close()
+        self._stream.close()
+
+
+class AsyncBody:
+    """The ASGI twin of :class:`SyncBody`."""
+
+    def __init__(self, stream: EventStream) -> None:
+        self._stream = stream
+        self._events = stream._async_events()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._events
+
+    def close(self) -> None:
+        self._stream.close()

@@ -12,6 +12,7 @@ import redis
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import BadRequest, PermissionDenied
 from django.core.handlers.asgi import ASGIRequest
+from django.db import connections, transaction
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -33,7 +34,7 @@ def _history(request: HttpRequest) -> int:
     text = request.GET.get("history")
     if text is None:
         return limit
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise BadRequest("history must be a whole number of records")
     return min(int(text), limit)
 
@@ -52,6 +53,7 @@ def _resume_after(request: HttpRequest) -> str | None:
 
 @never_cache
 @require_GET
+@transaction.non_atomic_requests
 def stream(request: HttpRequest) -> HttpResponse:
     """``text/event-stream`` of one context: history (or resume), then live."""
     grant = grant_for(request)
@@ -79,7 +81,24 @@ def stream(request: HttpRequest) -> HttpResponse:
     response = StreamingHttpResponse(body, content_type="text/event-stream; charset=utf-8")
     # Proxies (nginx) must pass each event on at once, not buffer the body.
     response["X-Accel-Buffering"] = "no"
+    # Nor may GZipMiddleware compress it: its compressor never flushes, so
+    # events would wait in it.  It only compresses what the client accepts.
+    request.META["HTTP_ACCEPT_ENCODING"] = "identity"
+    _release_database(request)
     return response
+
+
+def _release_database(request: HttpRequest) -> None:
+    """Give back the database connections the request used (session, user).
+
+    Django closes them when the request ends, which for a stream is when
+    the viewer leaves: hundreds of viewers would otherwise hold hundreds of
+    connections doing nothing.  Not inside a transaction (ATOMIC_REQUESTS,
+    tests): that one is not ours to end.
+    """
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close()
 
 
 def stream_url(grant: Grant) -> str:
