@@ -98,3 +98,40 @@ def test_a_bad_site_setting_is_e003_naming_it(settings, key, value) -> None:
     settings.REDIS_LOGSTREAM = {"CONNECTION": "default", key: value}
     messages = [m for m in run_checks(tags=["redis_logstream"]) if m.id.endswith("E003")]
     assert messages and key in messages[0].msg
+
+
+def deploy_ids(settings, **options) -> list[str]:
+    settings.REDIS_LOGSTREAM = {"CONNECTION": "default", **options}
+    settings.LOGGING = {**settings.LOGGING, "handlers": {}}
+    return [m.id for m in run_checks(tags=["redis_logstream"], include_deployment_checks=True)]
+
+
+def test_the_defaults_pass_the_deploy_checks(settings) -> None:
+    assert deploy_ids(settings) == []
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({"QUEUE_SIZE": 100}, "redis_logstream.W002"),
+        ({"CONTEXT_TTL": None}, "redis_logstream.W003"),
+        ({"GLOBAL_TTL": 10}, "redis_logstream.W004"),
+        ({"SHUTDOWN_TIMEOUT": 0}, "redis_logstream.W005"),
+        ({"URL": "rediss://cache.internal:6380/0?ssl_cert_reqs=none"}, "redis_logstream.W006"),
+    ],
+)
+def test_risky_settings_are_deploy_warnings(settings, options, expected) -> None:
+    assert deploy_ids(settings, **options) == [expected]
+
+
+def test_a_cache_alias_without_certificate_checking_is_a_deploy_warning(settings) -> None:
+    settings.CACHES = {**settings.CACHES, "tls": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": "rediss://cache.internal:6380/0?ssl_cert_reqs=CERT_NONE",
+    }}
+    assert deploy_ids(settings, CONNECTION="tls") == ["redis_logstream.W006"]
+
+
+def test_deploy_warnings_stay_out_of_the_everyday_check(settings) -> None:
+    settings.REDIS_LOGSTREAM = {"CONNECTION": "default", "QUEUE_SIZE": 100}
+    assert "redis_logstream.W002" not in ids(settings)

@@ -1,12 +1,13 @@
 """Django app configuration."""
 
 from django.apps import AppConfig
+from django.core.exceptions import ImproperlyConfigured
 
 
 class RedisLogstreamConfig(AppConfig):
     """Installing the app is optional for the handler itself; it brings the
-    management commands, the system checks, the Celery integration and the
-    live console."""
+    management commands, the system checks, the Celery integration, the
+    live console and, if asked for, the Prometheus metrics."""
 
     name = "redis_logstream"
     label = "redis_logstream"
@@ -21,3 +22,12 @@ class RedisLogstreamConfig(AppConfig):
             from .celery import install_if_available
 
             install_if_available()
+        if site_setting("prometheus"):
+            try:
+                from .prometheus import register
+            except ImportError as exc:
+                raise ImproperlyConfigured(
+                    "REDIS_LOGSTREAM['PROMETHEUS'] is True but prometheus_client is not "
+                    "installed: pip install 'django-redis-logstream[prometheus]'."
+                ) from exc
+            register()

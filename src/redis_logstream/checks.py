@@ -3,6 +3,10 @@ with the option's name and a hint, before any record is lost.
 
 Ids: ``redis_logstream.E001`` no usable connection, ``E002`` unknown option,
 ``E003`` invalid value, ``W001`` middleware placed before authentication.
+With ``--deploy`` also settings that work but are risky in production:
+``W002`` a tiny queue, ``W003`` context streams that never expire, ``W004``
+a TTL too short to read, ``W005`` no time to flush at exit, ``W006`` TLS
+without certificate checking.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 
-from .conf import SITE_DEFAULTS, resolve_options, site_setting
+from .conf import SITE_DEFAULTS, Options, resolve_options, site_setting
 from .connection import ConfigurationError, client_factory
+from .deploy_checks import risky_options
 
 HANDLER_PATHS = {"redis_logstream.RedisLogHandler", "redis_logstream.handler.RedisLogHandler"}
 MIDDLEWARE_PATH = "redis_logstream.middleware.LogContextMiddleware"
@@ -61,6 +66,30 @@ def check_handlers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     if not entries and getattr(settings, "REDIS_LOGSTREAM", None):
         messages += _check_options("settings.REDIS_LOGSTREAM", {})
     return messages
+
+
+@register("redis_logstream", deploy=True)
+def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """``manage.py check --deploy``: options that work but lose or expose records."""
+    messages: list[CheckMessage] = []
+    for where, options in _resolved_entries():
+        messages += risky_options(where, options)
+    return messages
+
+
+def _resolved_entries() -> list[tuple[str, Options]]:
+    """Each handler's resolved options (the ones that resolve: errors are E00x)."""
+    entries = list(_handler_entries())
+    if not entries and getattr(settings, "REDIS_LOGSTREAM", None):
+        entries = [("settings.REDIS_LOGSTREAM", {})]
+    resolved = []
+    for name, options in entries:
+        where = name if name.startswith("settings.") else f"LOGGING['handlers'][{name!r}]"
+        try:
+            resolved.append((where, resolve_options(options)))
+        except (TypeError, ValueError):
+            continue
+    return resolved
 
 
 @register("redis_logstream")

@@ -80,6 +80,8 @@ SITE_DEFAULTS: Mapping[str, Any] = {
     # Carry the log context into Celery tasks, and give a task sent without
     # one a job context of its own (see docs/celery.md).
     "celery": True,
+    # Expose the handlers' stats() as Prometheus metrics (extra "prometheus").
+    "prometheus": False,
     # The live console (docs/console.md): records a new viewer gets first,
     # seconds between heartbeats on an idle stream, and how long one
     # response may last before the browser reconnects (and resumes).

@@ -10,6 +10,7 @@ batching, Redis and retries happen in the shipper's thread.
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any
 
 from .conf import Options, resolve_options
@@ -20,9 +21,15 @@ from .shipper import Shipper
 from .sink import RedisSink
 from .wire import Encoder
 
-__all__ = ["RedisLogHandler"]
+__all__ = ["RedisLogHandler", "live_handlers"]
 
 _get_context = user_id_context.get
+_live: weakref.WeakSet[RedisLogHandler] = weakref.WeakSet()
+
+
+def live_handlers() -> list[RedisLogHandler]:
+    """Every RedisLogHandler of this process that still exists (for metrics)."""
+    return list(_live)
 
 
 class RedisLogHandler(logging.Handler):
@@ -59,6 +66,7 @@ class RedisLogHandler(logging.Handler):
             flush_interval=opts.flush_interval,
             shutdown_timeout=opts.shutdown_timeout,
         )
+        _live.add(self)
 
     def handle(self, record: logging.LogRecord) -> Any:
         # logging.Handler.handle wraps emit in the handler's lock; emit
