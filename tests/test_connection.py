@@ -145,3 +145,35 @@ def test_a_client_without_a_connection_pool_is_refused_at_configuration() -> Non
 
     with pytest.raises(ConfigurationError, match=r"must be a redis\.Redis client"):
         RedisLogHandler(client=NotAClient())
+
+
+def test_a_unix_socket_url_works_for_the_handler_and_the_reader(handlers: Handlers) -> None:
+    """TCP keepalive does not exist on a Unix socket: redis-py refuses the option there."""
+    from redis_logstream.reader import StreamReader, client_for_url
+
+    from servers import RedisServer
+
+    server = RedisServer()
+    socket_path = server.dir / "redis.sock"
+    server.args += ["--unixsocket", str(socket_path), "--unixsocketperm", "700"]
+    try:
+        server.start()
+        url = f"unix://{socket_path}?db=0"
+        handler = handlers(url=url)
+        fresh_logger(handler).info("over a unix socket")
+        assert handler.flush(5), handler.stats()
+        reader = StreamReader(client_for_url(url))
+        assert [e.message for e in reader.history(None, 10)] == ["over a unix socket"]
+    finally:
+        server.close()
+
+
+def test_tls_urls_check_host_names_on_every_redis_py_unless_told_not_to() -> None:
+    from redis_logstream.connection import client_from_url
+    from redis_logstream.reader import client_for_url
+
+    for make in (lambda u: client_from_url(u, 1.0), client_for_url):
+        kwargs = make("rediss://redis.example.com:6380/0").connection_pool.connection_kwargs
+        assert kwargs["ssl_check_hostname"] is True
+        off = make("rediss://redis.example.com:6380/0?ssl_check_hostname=false")
+        assert off.connection_pool.connection_kwargs["ssl_check_hostname"] is False

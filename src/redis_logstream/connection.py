@@ -42,8 +42,24 @@ def pool_kwargs(socket_timeout: float) -> dict[str, Any]:
 
 def client_from_url(url: str, socket_timeout: float, **extra: Any) -> redis.Redis:
     """A client with its own pool for ``url`` (redis://, rediss://, unix://)."""
-    pool = redis.ConnectionPool.from_url(url, **{**extra, **pool_kwargs(socket_timeout)})
-    return redis.Redis(connection_pool=pool)
+    kwargs = for_scheme(url, {**extra, **pool_kwargs(socket_timeout)})
+    return redis.Redis(connection_pool=redis.ConnectionPool.from_url(url, **kwargs))
+
+
+def for_scheme(url: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Pool options fitted to the URL's scheme.
+
+    A Unix socket has no TCP keepalive (redis-py refuses the option there),
+    and a ``rediss://`` certificate must name the host, as redis-py 6 and
+    later check by default and 5.x does not; options in the URL's query
+    (``?ssl_check_hostname=false``) still win.
+    """
+    kwargs = dict(kwargs)
+    if url.startswith("unix://"):
+        kwargs.pop("socket_keepalive", None)
+    elif url.startswith("rediss://"):
+        kwargs.setdefault("ssl_check_hostname", True)
+    return kwargs
 
 
 def _cache_settings(alias: str) -> Mapping[str, Any]:

@@ -34,6 +34,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .connection import for_scheme
 from .entries import Entry, EntryFilter, decode_entry, parse_level
 from .naming import Names
 
@@ -324,13 +325,13 @@ def client_for_url(
     """A client for readers: quick to fail when Redis is unreachable, patient
     enough for a blocking XREAD, and without redis-py's own retries (the
     follower retries, from its cursor)."""
-    pool = redis.ConnectionPool.from_url(
-        url,
-        socket_connect_timeout=connect_timeout,
-        socket_timeout=block_ms / 1000 + READ_MARGIN,
-        socket_keepalive=True,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_timeout=False,
-        health_check_interval=0,
-    )
+    kwargs = {
+        "socket_connect_timeout": connect_timeout,
+        "socket_timeout": block_ms / 1000 + READ_MARGIN,
+        "socket_keepalive": True,
+        "retry": Retry(NoBackoff(), 0),
+        "retry_on_timeout": False,
+        "health_check_interval": 0,
+    }
+    pool = redis.ConnectionPool.from_url(url, **for_scheme(url, kwargs))
     return redis.Redis(connection_pool=pool)

@@ -360,8 +360,8 @@ class Shipper:
                 )
                 self._unsent = remaining
                 self.room = self.queue_size - len(remaining)
-                if not remaining:
-                    return False
+                if not remaining:  # all stored but what was refused for good
+                    return isinstance(exc, WriteError) and exc.lost == 0
                 if self._down_since is None:
                     self._down_since = time.monotonic()
                     report(

@@ -49,6 +49,10 @@ _TRANSIENT_ERRORS = (
 _TRANSIENT_CODES = ("OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN")
 
 
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
 def _is_transient(error: Exception) -> bool:
     if isinstance(error, _TRANSIENT_ERRORS):
         return True
@@ -157,8 +161,9 @@ class RedisSink:
                     lost += len(chunk)
             elif reply[1]:  # the script stored the rest; these keys refused
                 lost += int(reply[1])
-                refusal = reply[2].decode() if isinstance(reply[2], bytes) else reply[2]
-                first_error = first_error or f"Redis refused {reply[1]} records: {refusal}"
+                first_error = first_error or f"Redis refused {reply[1]} records: {_text(reply[2])}"
+            elif reply[2]:  # all stored, but a PUBLISH, XTRIM or EXPIRE was refused
+                first_error = first_error or f"Redis refused part of a write: {_text(reply[2])}"
         if first_error is not None:
             raise WriteError(first_error, remaining, lost)
 

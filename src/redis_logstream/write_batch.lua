@@ -5,7 +5,9 @@
 --       (1 when it has none) and its JSON.
 -- A stream's channel is its key without the stream prefix.
 -- Returns {records stored, records refused, first refusal or ""}: a key of
--- the wrong type refuses its records, not the whole chunk.
+-- the wrong type refuses its records, not the whole chunk.  A refused
+-- PUBLISH, XTRIM or EXPIRE (an ACL that lacks it) refuses no record, but
+-- its error is returned all the same, so that it is seen and counted.
 local maxlen = ARGV[1]
 local ctx_ttl = tonumber(ARGV[2])
 local global_ttl = tonumber(ARGV[3])
@@ -35,10 +37,10 @@ for i = 5, #ARGV, 2 do
   local bad = false
   if k > 1 then
     bad = refuses(redis.pcall('XADD', KEYS[k], '*', 'data', data))
-    redis.call('PUBLISH', channels[k], data)
+    refuses(redis.pcall('PUBLISH', channels[k], data))
   end
   bad = refuses(redis.pcall('XADD', gkey, '*', 'data', data)) or bad
-  redis.call('PUBLISH', gchannel, data)
+  refuses(redis.pcall('PUBLISH', gchannel, data))
   if bad then refused = refused + 1 end
 end
 for i = 1, #KEYS do
@@ -46,7 +48,7 @@ for i = 1, #KEYS do
   local ttl = ctx_ttl
   if i == 1 then ttl = global_ttl end
   if ttl > 0 then
-    redis.call('EXPIRE', KEYS[i], ttl)
+    refuses(redis.pcall('EXPIRE', KEYS[i], ttl))
   end
 end
 return {(#ARGV - 4) / 2 - refused, refused, first_refusal}
