@@ -222,7 +222,10 @@ class Shipper:
         """Ask the worker to write what is buffered and stop, by ``timeout``."""
         if timeout is None:
             timeout = self.shutdown_timeout
-        self._deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout
+        if self._stopping:  # a shutdown under way (the exit hook's) keeps its deadline:
+            deadline = min(deadline, self._deadline)  # logging.shutdown() must not add one
+        self._deadline = deadline
         self._stopping = True
         self._urgent.set()
         with contextlib.suppress(RuntimeError):  # wake the worker if it sleeps
