@@ -150,7 +150,7 @@ def test_records_logged_while_redis_is_killed_arrive_in_order_after_restart(
         retries=stats["retries"],
     )
     # Backoff is capped at 1 s; the rest is room for a loaded 2-core machine.
-    assert first_delivery < 2.5, first_delivery
+    assert first_delivery < 1.0, first_delivery  # the goal; retries wait at most 0.5 s
     assert paced.max_lag < 1.0, paced.max_lag  # emit never waited on the dead server
 
 
@@ -309,4 +309,4 @@ def test_out_of_memory_is_counted_and_the_kept_records_arrive_once_memory_is_fre
         dropped=stats["dropped"],
         freed_to_delivery_ms=round(resumed * 1000),
     )
-    assert resumed < 2.5, resumed  # backoff is capped at 1 s
+    assert resumed < 1.5, resumed  # backoff is capped at 0.5 s

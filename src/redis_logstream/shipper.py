@@ -71,8 +71,9 @@ class Shipper:
 
     #: Backoff between attempts while the sink fails: doubles from
     #: ``retry_base`` up to ``retry_cap`` seconds, each wait drawn between half and all of that.
+    #: The cap bounds how long a restarted Redis waits for its first records.
     retry_base = 0.05
-    retry_cap = 1.0
+    retry_cap = 0.5
     #: At most one warning per this many seconds about dropped records.
     report_interval = 60.0
 
