@@ -5,6 +5,12 @@ and uvicorn: three servers, three ways of writing a streaming response and
 of noticing that a client left. Each runs as a child process on a free
 loopback port, with ``stream_settings`` (the test site plus short stream
 timings), against the session's Redis; it is stopped by pid.
+
+One more kind, ``gunicorn-preload`` (not in :data:`KINDS`), is how most
+production sites run: sync workers forked from a master that built the app,
+Django's LOGGING and so the log handler, before the fork (``--preload``).
+Its ``workers`` and any ``extra_args`` (``-c hooks.py``) come from the caller.
+The whole process group is stopped by pid.
 """
 
 from __future__ import annotations
@@ -16,18 +22,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from servers import LOOPBACK, free_port
 
-__all__ = ["KINDS", "WebServer"]
+__all__ = ["KINDS", "PREFORK_KINDS", "WebServer"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
 KINDS = ("runserver", "gunicorn", "uvicorn")
+#: Servers that fork workers from a master that loaded the site first.
+PREFORK_KINDS = ("gunicorn-preload",)
 
 
-def _command(kind: str, port: int) -> list[str]:
+def _command(kind: str, port: int, workers: int = 3) -> list[str]:
     bind = f"{LOOPBACK}:{port}"
     if kind == "runserver":
         return [sys.executable, "manage.py", "runserver", bind, "--noreload"]
@@ -38,13 +47,26 @@ def _command(kind: str, port: int) -> list[str]:
     if kind == "uvicorn":
         return [sys.executable, "-m", "uvicorn", "testproject.asgi:application", "--host",
                 LOOPBACK, "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    if kind == "gunicorn-preload":
+        return [sys.executable, "-m", "gunicorn", "testproject.wsgi:application", "--bind", bind,
+                "--worker-class", "sync", "--workers", str(workers), "--preload",
+                "--log-level", "warning"]
     raise ValueError(kind)
 
 
 class WebServer:
     """One web server process serving the test site."""
 
-    def __init__(self, kind: str, redis_url: str, users: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        redis_url: str,
+        users: dict[str, str] | None = None,
+        *,
+        workers: int = 3,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        """Start ``kind``; ``workers`` and ``extra_args`` serve the prefork kinds."""
         self.kind = kind
         self.port = free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
@@ -61,7 +83,7 @@ class WebServer:
         if users:
             self._prepare_database(env, users)
         self.proc = subprocess.Popen(
-            _command(kind, self.port), cwd=ROOT, env=env, stdout=self.log,
+            [*_command(kind, self.port, workers), *extra_args], cwd=ROOT, env=env, stdout=self.log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
         self._wait_until_listening()

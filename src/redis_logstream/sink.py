@@ -14,8 +14,15 @@ The sink knows nothing of logging: it takes ``(context, bytes)`` pairs.
 
 from __future__ import annotations
 
+# Imported here, by the thread that imports the library, not by the shipper
+# thread on its first connect: a fork (gunicorn --preload, Celery prefork)
+# while that thread holds an import lock leaves the child hung on it, or
+# with a half-imported codec ("unknown encoding: idna") and no Redis ever.
+import email.parser  # noqa: F401  redis.utils.get_lib_version -> importlib.metadata
+import encodings.idna  # noqa: F401  socket.getaddrinfo(host) -> the idna codec
 import hashlib
 import inspect
+import secrets  # noqa: F401  redis.ConnectionPool.__init__
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
