@@ -344,6 +344,21 @@ def test_bad_input_yields_records_and_never_raises(
     assert handler.stats()["errors"] == 0
 
 
+def test_a_record_whose_args_do_not_fit_keeps_its_traceback(
+    handlers: Handlers, redis_url: str, redis_client: redis.Redis
+) -> None:
+    handler = handlers(url=redis_url)
+    log = fresh_logger(handler)
+    try:
+        {}["card"]
+    except KeyError:
+        log.exception("checkout failed for %s in %s", "alice")  # one argument short
+    assert handler.flush(5)
+    (message,) = [e["message"] for e in entries(redis_client, GLOBAL)]
+    assert message.startswith("checkout failed for %s in %s (unformattable log record")
+    assert "Traceback (most recent call last)" in message and "KeyError: 'card'" in message
+
+
 def test_huge_messages_are_cut_to_max_message_bytes_and_marked(
     handlers: Handlers, redis_url: str, redis_client: redis.Redis
 ) -> None:

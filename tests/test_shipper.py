@@ -313,3 +313,24 @@ def test_after_fork_the_child_starts_empty_with_fresh_state() -> None:
     assert shipper.stats()["enqueued"] == 0
     assert forked == [True]
     sink.gate.set()
+
+
+def test_flush_waits_for_a_batch_the_worker_is_still_encoding() -> None:
+    """Between taking a batch from the buffer and holding it as unsent, the
+    worker encodes it: the records are pending then, not gone."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow_encode(item: Any) -> Any:
+        started.set()
+        release.wait(5)
+        return item
+
+    sink = ListSink()
+    shipper = Shipper(sink, slow_encode, flush_interval=0.01)
+    put(shipper, 1)
+    assert started.wait(5)  # the record is in the worker's hands, being encoded
+    assert shipper.pending() == 1
+    assert shipper.flush(0.2) is False  # not written yet: flush must not say it is
+    release.set()
+    assert shipper.flush(5) and sink.records == [1]
+    shipper.shutdown(1)

@@ -101,7 +101,7 @@ class RedisLogHandler(logging.Handler):
         str() raises, a formatter bug): ship a description of it instead."""
         try:
             item = (
-                _describe_unformattable(record),
+                _describe_unformattable(record, self.formatter or logging.Formatter()),
                 getattr(record, "levelno", logging.ERROR),
                 float(getattr(record, "created", 0.0) or 0.0),
                 str(getattr(record, "name", "root")),
@@ -151,7 +151,19 @@ def _safe_text(value: Any) -> str:
     return f"<unprintable {type(value).__name__}>"
 
 
-def _describe_unformattable(record: logging.LogRecord) -> str:
+def _describe_unformattable(record: logging.LogRecord, formatter: logging.Formatter) -> str:
+    """What could not be formatted, and the traceback and stack it carried:
+    a broken %-argument in ``log.exception(...)`` must not cost the traceback."""
     msg = _safe_text(getattr(record, "msg", None))
     args = _safe_text(getattr(record, "args", None))
-    return f"{msg} (unformattable log record; args: {args})"
+    text = f"{msg} (unformattable log record; args: {args})"
+    exc_info = getattr(record, "exc_info", None)
+    if exc_info:
+        try:
+            text += "\n" + formatter.formatException(exc_info)
+        except Exception:
+            text += "\n(its exception could not be formatted)"
+    stack = getattr(record, "stack_info", None)
+    if stack:
+        text += "\n" + _safe_text(stack)
+    return text

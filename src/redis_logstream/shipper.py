@@ -123,6 +123,9 @@ class Shipper:
         self._deadline = float("inf")
         #: The encoded batch being written, kept until the sink has it.
         self._unsent: list[Any] = []
+        # Taken from the buffer and not yet in _unsent (being encoded): still
+        # pending, or flush() could see an empty buffer and return too soon.
+        self._in_hand = 0
         self._markers = 0
         self.taken = self.sent = self.dropped = self.batches = 0
         self.retries = self.errors = self.failed = 0
@@ -189,7 +192,7 @@ class Shipper:
         """
         if timeout is None:
             timeout = self.shutdown_timeout
-        if not self.buffer and not self._unsent:
+        if not self.buffer and not self._unsent and not self._in_hand:
             return True
         if self._finalized:
             return False
@@ -248,7 +251,7 @@ class Shipper:
 
     def pending(self) -> int:
         """Records accepted but not yet written (buffered or in flight)."""
-        return max(0, len(self.buffer) - self._markers) + len(self._unsent)
+        return max(0, len(self.buffer) - self._markers) + self._in_hand + len(self._unsent)
 
     def stats(self) -> dict[str, Any]:
         pending = self.pending()
@@ -313,6 +316,7 @@ class Shipper:
         if not self._unsent:
             take = min(len(buffer), self.batch_size)
             self.room = self.queue_size - take
+            self._in_hand = take
             popleft = buffer.popleft
             items = []
             for _ in range(take):
@@ -322,8 +326,10 @@ class Shipper:
                     self._markers -= 1
                     break
                 items.append(item)
+            encoded = self._encode_all(items)
             self.taken += len(items)
-            self._unsent = self._encode_all(items)
+            self._unsent = encoded
+            self._in_hand = 0
         ok = self._deliver()
         self.room = self.queue_size - len(self._unsent)
         if marker is not None:
