@@ -306,6 +306,7 @@ def watch_in_process(console: Any, url: str, write: Writer) -> list[str]:
     return [e.json["message"] for e in seen]
 
 
+@pytest.mark.django_db  # closing a response closes old database connections
 def test_the_console_streams_history_live_and_resumes_with_the_reader_line(
     acl: SecureRedisServer, handlers: Handlers, console: Any
 ) -> None:
@@ -407,6 +408,7 @@ def test_redis_logstream_tail_reads_over_tls_with_the_ca_and_refuses_without(
     assert "cannot reach Redis" in bad_err and "CERTIFICATE_VERIFY_FAILED" in bad_err
 
 
+@pytest.mark.django_db  # closing a response closes old database connections
 def test_the_console_streams_over_tls_with_the_reader_line(
     tls: SecureRedisServer, handlers: Handlers, console: Any
 ) -> None:
