@@ -142,8 +142,9 @@ class RedisServer:
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _spawn_and_wait(self) -> None:
-        cmd = [
+    def _command(self) -> list[str]:
+        """The redis-server command line (a subclass adds ACLs or TLS)."""
+        return [
             self.binary,
             "--port", str(self.port),
             "--bind", LOOPBACK,
@@ -153,6 +154,19 @@ class RedisServer:
             "--daemonize", "no",
             *self.args,
         ]  # fmt: skip
+
+    def _probe(self) -> redis.Redis:
+        """The client whose PING says the server is ready."""
+        return redis.Redis(
+            host=LOOPBACK,
+            port=self.port,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+            retry=no_retry(),
+        )
+
+    def _spawn_and_wait(self) -> None:
+        cmd = self._command()
         with open(self.log_path, "ab") as log:
             log.write(f"\n--- starting: {' '.join(cmd)}\n".encode())
             log.flush()
@@ -178,13 +192,7 @@ class RedisServer:
                     f"log {self.log_path}:\n{self.read_log()}"
                 )
             try:
-                with redis.Redis(
-                    host=LOOPBACK,
-                    port=self.port,
-                    socket_timeout=0.5,
-                    socket_connect_timeout=0.5,
-                    retry=no_retry(),
-                ) as probe:
+                with self._probe() as probe:
                     if probe.ping():
                         return
             except redis.RedisError as exc:

@@ -177,3 +177,6 @@ def test_tls_urls_check_host_names_on_every_redis_py_unless_told_not_to() -> Non
         assert kwargs["ssl_check_hostname"] is True
         off = make("rediss://redis.example.com:6380/0?ssl_check_hostname=false")
         assert off.connection_pool.connection_kwargs["ssl_check_hostname"] is False
+        # No certificate checking at all: no host name to check (Python refuses both).
+        unchecked = make("rediss://redis.example.com:6380/0?ssl_cert_reqs=none")
+        assert not unchecked.connection_pool.connection_kwargs.get("ssl_check_hostname")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -57,9 +58,19 @@ def for_scheme(url: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     kwargs = dict(kwargs)
     if url.startswith("unix://"):
         kwargs.pop("socket_keepalive", None)
-    elif url.startswith("rediss://"):
+    elif url.startswith("rediss://") and not _unchecked(url, kwargs):
         kwargs.setdefault("ssl_check_hostname", True)
     return kwargs
+
+
+def _unchecked(url: str, kwargs: Mapping[str, Any]) -> bool:
+    """Certificate checking is off (ssl_cert_reqs=none): there is no
+    certificate to match the host against, and Python refuses to try."""
+    asked = parse_qs(urlsplit(url).query).get("ssl_cert_reqs", [kwargs.get("ssl_cert_reqs")])
+    return any(
+        value is not None and str(value).lower() in {"none", "cert_none", "verifymode.cert_none"}
+        for value in asked
+    )
 
 
 def _cache_settings(alias: str) -> Mapping[str, Any]:
