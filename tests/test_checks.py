@@ -135,3 +135,10 @@ def test_a_cache_alias_without_certificate_checking_is_a_deploy_warning(settings
 def test_deploy_warnings_stay_out_of_the_everyday_check(settings) -> None:
     settings.REDIS_LOGSTREAM = {"CONNECTION": "default", "QUEUE_SIZE": 100}
     assert "redis_logstream.W002" not in ids(settings)
+
+
+def test_a_redis_logstream_setting_that_is_not_a_dict_is_e003(settings) -> None:
+    settings.REDIS_LOGSTREAM = ["CONNECTION", "default"]
+    settings.LOGGING = {**settings.LOGGING, "handlers": {}}
+    (message,) = [m for m in run_checks(tags=["redis_logstream"]) if m.id.endswith("E003")]
+    assert "must be a dict" in message.msg

@@ -131,13 +131,23 @@ def test_all_treats_glob_characters_in_prefixes_literally(redis_client: redis.Re
     redis_client.xadd("sQx:logs:b", {"data": "{}"})  # what the unescaped pattern would match
 
     assert glob_escape("s*[x]?\\") == "s\\*\\[x\\]\\?\\\\"
-    assert all_streams(redis_client, names) == ["s*[x]:logs:a"]
+    assert all_streams(redis_client, names) == [b"s*[x]:logs:a"]
     assert purge("--all", "--yes", "--stream-prefix", "s*[x]:") == [
         "deleted s*[x]:logs:a (1 entry)",
         "deleted 1 stream, 1 entry in all",
     ]
     assert redis_client.exists("sQx:logs:b")
     assert not redis_client.exists("s*[x]:logs:a")
+
+
+def test_all_deletes_a_stream_whose_key_is_not_utf8(redis_client: redis.Redis) -> None:
+    """Another producer's key, shown with an escape, is deleted by its bytes."""
+    redis_client.xadd(b"stream:logs:caf\xe9", {"data": "{}"})
+    assert purge("--all", "--yes") == [
+        "deleted stream:logs:caf\\xe9 (1 entry)",
+        "deleted 1 stream, 1 entry in all",
+    ]
+    assert not redis_client.exists(b"stream:logs:caf\xe9")
 
 
 def test_other_key_types_are_left_alone(redis_client: redis.Redis) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 
-from .conf import SITE_DEFAULTS, Options, resolve_options, site_setting
+from .conf import SITE_DEFAULTS, Options, resolve_options, site_setting, site_settings
 from .connection import ConfigurationError, client_factory
 from .deploy_checks import risky_options
 
@@ -96,6 +96,10 @@ def _resolved_entries() -> list[tuple[str, Options]]:
 def check_site_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Site-only settings (CELERY, STREAM_*) have the right type and range."""
     messages: list[CheckMessage] = []
+    try:
+        site_settings()
+    except ValueError:
+        return messages  # not a dict at all: check_handlers says so once
     for name in SITE_DEFAULTS:
         try:
             site_setting(name)

@@ -125,7 +125,7 @@ def site_settings() -> dict[str, Any]:
         return {}
     raw = getattr(settings, "REDIS_LOGSTREAM", None) or {}
     if not isinstance(raw, Mapping):
-        raise TypeError(f"settings.REDIS_LOGSTREAM must be a dict, not {type(raw).__name__}.")
+        raise ValueError(f"settings.REDIS_LOGSTREAM must be a dict, not {type(raw).__name__}.")
     return {str(key).lower(): value for key, value in raw.items()}
 
 

@@ -125,19 +125,21 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
 
 
-def all_streams(client: Any, names: Names) -> list[str]:
+def all_streams(client: Any, names: Names) -> list[Any]:
     """Every log stream of ``names``, found with SCAN (never KEYS).
 
     Contexts are encoded so they hold no glob character, but the prefixes
     are the site's and might: they are escaped.  SCAN may return a key
-    twice, hence the set.
+    twice, hence the set.  Keys stay as Redis gave them: one that is not
+    UTF-8 (another producer's) must be deleted by its bytes, not by the
+    text it is shown as.
     """
     pattern = glob_escape(f"{names.stream_prefix}{names.channel_prefix}:") + "*"
     found = client.scan_iter(match=pattern, count=1000, _type="stream")
-    return sorted({_text(key) for key in found})
+    return sorted(set(found), key=_text)
 
 
-def _unique(keys: Iterable[str]) -> list[str]:
+def _unique(keys: Iterable[Any]) -> list[Any]:
     return list(dict.fromkeys(keys))
 
 
@@ -157,12 +159,13 @@ def purge(client: Any, names: Names, request: PurgeRequest, out: TextIO) -> int:
         streams = entries = 0
         verb = "would delete" if request.dry_run else "deleted"
         for key in _unique(keys):
+            shown = _text(key)
             kind = _text(client.type(key))
             if kind == "none":
-                out.write(f"{key}: no such stream\n")
+                out.write(f"{shown}: no such stream\n")
                 continue
             if kind != "stream":
-                out.write(f"{key}: left alone, it is a {kind}, not a stream\n")
+                out.write(f"{shown}: left alone, it is a {kind}, not a stream\n")
                 continue
             if request.dry_run:
                 length, gone = client.xlen(key), 1
@@ -172,11 +175,11 @@ def purge(client: Any, names: Names, request: PurgeRequest, out: TextIO) -> int:
                 pipe.delete(key)
                 length, gone = pipe.execute()
             if not gone:
-                out.write(f"{key}: no such stream\n")
+                out.write(f"{shown}: no such stream\n")
                 continue
             streams += 1
             entries += length
-            out.write(f"{verb} {key} ({_entries(length)})\n")
+            out.write(f"{verb} {shown} ({_entries(length)})\n")
     if not keys:
         out.write("no log streams found\n")
     else:
