@@ -36,10 +36,6 @@ class Grant:
     token: str | None = None
     view_all: bool = False
 
-    @property
-    def label(self) -> str:
-        return "the whole site" if self.context is None else self.context
-
 
 def can_view_all(user: Any) -> bool:
     """Staff, superusers and holders of ``view_all_logs``."""

@@ -11,13 +11,13 @@ without certificate checking.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 
-from .conf import SITE_DEFAULTS, Options, resolve_options, site_setting, site_settings
+from .conf import SITE_DEFAULTS, resolve_options, site_setting, site_settings
 from .connection import ConfigurationError, client_factory
 from .deploy_checks import risky_options
 
@@ -25,14 +25,21 @@ HANDLER_PATHS = {"redis_logstream.RedisLogHandler", "redis_logstream.handler.Red
 MIDDLEWARE_PATH = "redis_logstream.middleware.LogContextMiddleware"
 AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
 # Keys of a dictConfig handler entry that logging itself consumes.
-_LOGGING_KEYS = {"class", "()", "level", "formatter", "filters", "."}
+_KEYS = {"class", "()", "level", "formatter", "filters", "."}
 
 
-def _handler_entries() -> Iterable[tuple[str, dict[str, Any]]]:
+def _handler_entries() -> list[tuple[str, dict[str, Any]]]:
+    """Where each RedisLogHandler is configured and its own options; the
+    site settings alone when LOGGING names none."""
     handlers = (getattr(settings, "LOGGING", None) or {}).get("handlers") or {}
-    for name, entry in handlers.items():
-        if isinstance(entry, Mapping) and (entry.get("class") or entry.get("()")) in HANDLER_PATHS:
-            yield name, {k: v for k, v in entry.items() if k not in _LOGGING_KEYS}
+    entries = [
+        (f"LOGGING['handlers'][{name!r}]", {k: v for k, v in entry.items() if k not in _KEYS})
+        for name, entry in handlers.items()
+        if isinstance(entry, Mapping) and (entry.get("class") or entry.get("()")) in HANDLER_PATHS
+    ]
+    if not entries and getattr(settings, "REDIS_LOGSTREAM", None):
+        entries = [("settings.REDIS_LOGSTREAM", {})]
+    return entries
 
 
 def _check_options(where: str, options: Mapping[str, Any]) -> list[CheckMessage]:
@@ -60,11 +67,8 @@ def _check_options(where: str, options: Mapping[str, Any]) -> list[CheckMessage]
 def check_handlers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Every RedisLogHandler in LOGGING, and REDIS_LOGSTREAM alone, must resolve."""
     messages: list[CheckMessage] = []
-    entries = list(_handler_entries())
-    for name, options in entries:
-        messages += _check_options(f"LOGGING['handlers'][{name!r}]", options)
-    if not entries and getattr(settings, "REDIS_LOGSTREAM", None):
-        messages += _check_options("settings.REDIS_LOGSTREAM", {})
+    for where, options in _handler_entries():
+        messages += _check_options(where, options)
     return messages
 
 
@@ -72,24 +76,13 @@ def check_handlers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
 def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """``manage.py check --deploy``: options that work but lose or expose records."""
     messages: list[CheckMessage] = []
-    for where, options in _resolved_entries():
-        messages += risky_options(where, options)
-    return messages
-
-
-def _resolved_entries() -> list[tuple[str, Options]]:
-    """Each handler's resolved options (the ones that resolve: errors are E00x)."""
-    entries = list(_handler_entries())
-    if not entries and getattr(settings, "REDIS_LOGSTREAM", None):
-        entries = [("settings.REDIS_LOGSTREAM", {})]
-    resolved = []
-    for name, options in entries:
-        where = name if name.startswith("settings.") else f"LOGGING['handlers'][{name!r}]"
+    for where, options in _handler_entries():
         try:
-            resolved.append((where, resolve_options(options)))
+            resolved = resolve_options(options)
         except (TypeError, ValueError):
-            continue
-    return resolved
+            continue  # an error (E002, E003), not a deploy warning
+        messages += risky_options(where, resolved)
+    return messages
 
 
 @register("redis_logstream")

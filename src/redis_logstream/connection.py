@@ -58,15 +58,30 @@ def for_scheme(url: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     kwargs = dict(kwargs)
     if url.startswith("unix://"):
         kwargs.pop("socket_keepalive", None)
-    elif url.startswith("rediss://") and not _unchecked(url, kwargs):
+    elif url.startswith("rediss://") and not certificates_unchecked(url, kwargs):
         kwargs.setdefault("ssl_check_hostname", True)
     return kwargs
 
 
-def _unchecked(url: str, kwargs: Mapping[str, Any]) -> bool:
+def cloned_client(
+    base: Any, client_name: str, *, pool_class: type = redis.ConnectionPool, **overrides: Any
+) -> redis.Redis:
+    """A client with a pool of its own to ``base``'s server (same address,
+    credentials and TLS), named ``client_name`` in ``CLIENT LIST``."""
+    pool = base.connection_pool
+    kwargs = {**pool.connection_kwargs, "client_name": client_name}
+    pool_options = {k: overrides.pop(k) for k in ("max_connections", "timeout") if k in overrides}
+    kwargs.update(overrides)
+    return redis.Redis(
+        connection_pool=pool_class(connection_class=pool.connection_class, **pool_options, **kwargs)
+    )
+
+
+def certificates_unchecked(url: str, kwargs: Mapping[str, Any] | None = None) -> bool:
     """Certificate checking is off (ssl_cert_reqs=none): there is no
     certificate to match the host against, and Python refuses to try."""
-    asked = parse_qs(urlsplit(url).query).get("ssl_cert_reqs", [kwargs.get("ssl_cert_reqs")])
+    default = (kwargs or {}).get("ssl_cert_reqs")
+    asked = parse_qs(urlsplit(url).query).get("ssl_cert_reqs", [default])
     return any(
         value is not None and str(value).lower() in {"none", "cert_none", "verifymode.cert_none"}
         for value in asked

@@ -7,14 +7,15 @@ because these are judgement calls, each with the reason and the fix.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
-
 from django.core.checks import CheckMessage, Warning
 
 from .conf import Options
-from .connection import ConfigurationError, _cache_location, _cache_settings
+from .connection import (
+    ConfigurationError,
+    _cache_location,
+    _cache_settings,
+    certificates_unchecked,
+)
 
 __all__ = ["MIN_QUEUE", "MIN_TTL", "risky_options"]
 
@@ -65,7 +66,7 @@ def risky_options(where: str, options: Options) -> list[CheckMessage]:
             5,
         )
     url = options.url if options.url is not None else _cache_url(options)
-    if url is not None and _unchecked_tls(url):
+    if url is not None and url.startswith("rediss://") and certificates_unchecked(url):
         warn(
             "The Redis URL turns certificate checking off (ssl_cert_reqs=none): anyone on "
             "the path can pose as Redis and read every record.",
@@ -74,15 +75,6 @@ def risky_options(where: str, options: Options) -> list[CheckMessage]:
             6,
         )
     return found
-
-
-def _unchecked_tls(url: str) -> bool:
-    parts = urlsplit(url)
-    if parts.scheme != "rediss":
-        return False
-    query: Mapping[str, Any] = parse_qs(parts.query)
-    values = [value.lower() for value in query.get("ssl_cert_reqs", [])]
-    return any(value in {"none", "cert_none"} for value in values)
 
 
 def _cache_url(options: Options) -> str | None:

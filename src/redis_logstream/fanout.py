@@ -37,6 +37,7 @@ from typing import Any
 
 import redis
 
+from .connection import cloned_client
 from .diagnostics import report
 from .entries import Entry
 from .naming import Names
@@ -346,11 +347,5 @@ class StreamHub:
 
 
 def follower_client(base: Any) -> redis.Redis:
-    """A client with a pool of its own, to ``base``'s server, for blocking reads."""
-    pool = base.connection_pool
-    kwargs = dict(pool.connection_kwargs)
-    kwargs["socket_timeout"] = FOLLOW_BLOCK_MS / 1000 + READ_MARGIN
-    kwargs["client_name"] = FOLLOWER_NAME
-    return redis.Redis(
-        connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-    )
+    """A client of its own, to ``base``'s server, for blocking reads."""
+    return cloned_client(base, FOLLOWER_NAME, socket_timeout=FOLLOW_BLOCK_MS / 1000 + READ_MARGIN)

@@ -19,7 +19,7 @@ import redis
 from django.core.signals import setting_changed
 
 from .conf import resolve_options
-from .connection import client_factory
+from .connection import client_factory, cloned_client
 from .fanout import StreamHub
 from .naming import Names
 from .reader import READ_MARGIN, StreamReader
@@ -41,17 +41,14 @@ def _build() -> tuple[StreamHub, StreamReader]:
     options = resolve_options()
     base = client_factory(options)()
     names = Names(options.channel_prefix, options.global_channel, options.stream_prefix)
-    pool = base.connection_pool
-    kwargs = dict(pool.connection_kwargs)
-    kwargs["socket_timeout"] = max(kwargs.get("socket_timeout") or 0, READ_MARGIN)
-    kwargs["client_name"] = BACKLOG_NAME
-    backlog = redis.Redis(
-        connection_pool=redis.BlockingConnectionPool(
-            connection_class=pool.connection_class,
-            max_connections=BACKLOG_CONNECTIONS,
-            timeout=BACKLOG_WAIT,
-            **kwargs,
-        )
+    timeout = base.connection_pool.connection_kwargs.get("socket_timeout") or 0
+    backlog = cloned_client(
+        base,
+        BACKLOG_NAME,
+        pool_class=redis.BlockingConnectionPool,
+        max_connections=BACKLOG_CONNECTIONS,
+        timeout=BACKLOG_WAIT,
+        socket_timeout=max(timeout, READ_MARGIN),
     )
     hub = StreamHub(base, names, log_event, status_event)
     return hub, StreamReader(backlog, names)
