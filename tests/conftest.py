@@ -28,6 +28,10 @@ import redis
 from helpers import Handlers
 from servers import RedisServer, SilentServer, no_retry
 
+# The Redis Cluster and Sentinel fixtures (redis_cluster, cluster, own_cluster,
+# sentinel_servers) live with the servers they start.
+pytest_plugins = ["topology_servers"]
+
 _session_server: RedisServer | None = None
 
 

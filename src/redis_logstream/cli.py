@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     connection.add_argument(
         "--url",
         help="the Redis to read: redis://[[user]:password@]host[:port][/db], "
-        "rediss://... or unix:///path/to/redis.sock (default: $REDIS_URL)",
+        "rediss://..., unix:///path/to/redis.sock, a cluster as "
+        "redis+cluster://host:port[,host:port...] or the primary of sentinels as "
+        "redis+sentinel://host:port[,host:port...]/SERVICE[/db] (default: $REDIS_URL)",
     )
     colour = connection.add_mutually_exclusive_group()
     colour.add_argument(

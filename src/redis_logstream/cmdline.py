@@ -19,10 +19,11 @@ from typing import Any
 import redis
 
 from .conf import DEFAULTS, Options, resolve_options
-from .connection import client_factory
+from .connection import client_factory, names_for
 from .context import validate_context
 from .naming import Names
 from .reader import DEFAULT_BLOCK_MS, client_for_url
+from .topology import connection_kwargs, is_cluster
 
 __all__ = [
     "USAGE",
@@ -79,10 +80,6 @@ def _naming(options: Mapping[str, Any]) -> dict[str, Any]:
     return {name: options[name] for name in NAMING if options.get(name) is not None}
 
 
-def _names(options: Options) -> Names:
-    return Names(options.channel_prefix, options.global_channel, options.stream_prefix)
-
-
 def site_connection(options: Mapping[str, Any]) -> tuple[Any, Names]:
     """The client and names the site's RedisLogHandler uses.
 
@@ -95,10 +92,11 @@ def site_connection(options: Mapping[str, Any]) -> tuple[Any, Names]:
         overrides["url"] = options["url"]
     try:
         resolved = resolve_options(overrides)
+        names = names_for(resolved)
         client = client_factory(resolved)()
     except (ValueError, TypeError) as exc:  # ConfigurationError is a ValueError
         raise CommandFailed(one_line(exc)) from None
-    return client, _names(resolved)
+    return client, names
 
 
 def url_connection(
@@ -109,7 +107,7 @@ def url_connection(
     if not url:
         raise CommandFailed("give --url redis://HOST:PORT/DB (or set REDIS_URL)", USAGE)
     try:
-        names = _names(Options(**_naming(options)))
+        names = names_for(Options(url=url, **_naming(options)))
         client = client_for_url(url, block_ms=block_ms)
     except ValueError as exc:
         raise CommandFailed(one_line(exc), USAGE) from None
@@ -126,8 +124,10 @@ def check_context(value: str) -> str:
 
 def where(client: Any) -> str:
     """Which Redis a client talks to, for error messages (never the password)."""
-    pool = getattr(client, "connection_pool", None)
-    kwargs = getattr(pool, "connection_kwargs", None) or {}
+    kwargs = connection_kwargs(client)
+    if is_cluster(client):
+        nodes = ",".join(node.name for node in client.nodes_manager.startup_nodes.values())
+        return f"the cluster of {nodes}"
     if kwargs.get("path"):
         return f"unix://{kwargs['path']}"
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"

@@ -39,6 +39,8 @@ class Options:
     shutdown_timeout: float = 2.0
     max_message_bytes: int = 65536
     socket_timeout: float = 2.0
+    cluster: bool | None = None
+    sharded_pubsub: bool = False
 
     def __post_init__(self) -> None:
         _check_positive_int(self, "stream_maxlen", "queue_size", "batch_size")
@@ -60,6 +62,10 @@ class Options:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{name} must be a non-empty str, not {value!r}.")
+        if self.cluster is not None and not isinstance(self.cluster, bool):
+            raise ValueError(f"cluster must be True, False or None (detect), not {self.cluster!r}.")
+        if not isinstance(self.sharded_pubsub, bool):
+            raise ValueError(f"sharded_pubsub must be a bool, not {self.sharded_pubsub!r}.")
         if self.url is not None and not isinstance(self.url, str):
             raise ValueError(f"url must be a str, not {type(self.url).__name__}.")
 

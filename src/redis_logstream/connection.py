@@ -19,9 +19,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from . import topology
 from .conf import Options
+from .naming import Names
 
-__all__ = ["ConfigurationError", "client_factory", "pool_kwargs"]
+__all__ = ["ConfigurationError", "client_factory", "names_for", "pool_kwargs", "uses_cluster"]
 
 
 class ConfigurationError(ValueError):
@@ -41,10 +43,10 @@ def pool_kwargs(socket_timeout: float) -> dict[str, Any]:
     }
 
 
-def client_from_url(url: str, socket_timeout: float, **extra: Any) -> redis.Redis:
-    """A client with its own pool for ``url`` (redis://, rediss://, unix://)."""
+def client_from_url(url: str, socket_timeout: float, **extra: Any) -> Any:
+    """A client with its own pool for ``url`` (any of topology.SCHEMES)."""
     kwargs = for_scheme(url, {**extra, **pool_kwargs(socket_timeout)})
-    return redis.Redis(connection_pool=redis.ConnectionPool.from_url(url, **kwargs))
+    return topology.client_for_url(url, kwargs)
 
 
 def for_scheme(url: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -58,23 +60,9 @@ def for_scheme(url: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     kwargs = dict(kwargs)
     if url.startswith("unix://"):
         kwargs.pop("socket_keepalive", None)
-    elif url.startswith("rediss://") and not certificates_unchecked(url, kwargs):
+    elif url.startswith("rediss") and not certificates_unchecked(url, kwargs):
         kwargs.setdefault("ssl_check_hostname", True)
     return kwargs
-
-
-def cloned_client(
-    base: Any, client_name: str, *, pool_class: type = redis.ConnectionPool, **overrides: Any
-) -> redis.Redis:
-    """A client with a pool of its own to ``base``'s server (same address,
-    credentials and TLS), named ``client_name`` in ``CLIENT LIST``."""
-    pool = base.connection_pool
-    kwargs = {**pool.connection_kwargs, "client_name": client_name}
-    pool_options = {k: overrides.pop(k) for k in ("max_connections", "timeout") if k in overrides}
-    kwargs.update(overrides)
-    return redis.Redis(
-        connection_pool=pool_class(connection_class=pool.connection_class, **pool_options, **kwargs)
-    )
 
 
 def certificates_unchecked(url: str, kwargs: Mapping[str, Any] | None = None) -> bool:
@@ -110,37 +98,110 @@ def _cache_settings(alias: str) -> Mapping[str, Any]:
     return caches[alias]
 
 
-_SCHEMES = ("redis://", "rediss://", "unix://")
+_PLAIN_SCHEMES = ("redis://", "rediss://", "unix://")
+_POOL_KEYS = frozenset({
+    "username", "password", "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile",
+    "ssl_check_hostname", "db", "protocol",
+})  # fmt: skip
 
 
-def _cache_location(alias: str, cache: Mapping[str, Any]) -> str:
-    """The (primary) Redis URL of a cache, or ConfigurationError."""
+def _locations(alias: str, cache: Mapping[str, Any]) -> list[str]:
+    """The Redis URLs of a cache (primary first), or ConfigurationError."""
     location = cache.get("LOCATION")
     if isinstance(location, str):
-        location = location.split(",")[0].strip()  # django-redis: primary first
-    elif isinstance(location, (list, tuple)) and location:
-        location = location[0]
-    if not isinstance(location, str) or not location.startswith(_SCHEMES):
+        locations = [part.strip() for part in location.split(",") if part.strip()]
+    elif isinstance(location, (list, tuple)):
+        locations = list(location)
+    else:
+        locations = []
+    if not locations or not all(
+        isinstance(url, str) and url.startswith(_PLAIN_SCHEMES) for url in locations
+    ):
         raise ConfigurationError(
             f"RedisLogHandler: CACHES[{alias!r}]['LOCATION'] is not a redis URL "
             f"({location!r}); give url= instead."
         )
-    return location
+    return locations
 
 
-def _client_from_cache(alias: str, socket_timeout: float) -> redis.Redis:
-    """A client of our own built from a django-redis (or Django) cache's settings."""
+def _cache_options(cache: Mapping[str, Any]) -> dict[str, Any]:
+    return {str(k).upper(): v for k, v in (cache.get("OPTIONS") or {}).items()}
+
+
+def _alias_is_cluster(cache: Mapping[str, Any]) -> bool:
+    """A cache whose client is redis-py's RedisCluster (django-redis has no
+    cluster client of its own; sites set ``REDIS_CLIENT_CLASS``)."""
+    options = _cache_options(cache)
+    named = (options.get("REDIS_CLIENT_CLASS"), options.get("CLIENT_CLASS"))
+    return any(
+        (isinstance(name, str) and "Cluster" in name.rpartition(".")[2])
+        or (isinstance(name, type) and issubclass(name, topology.RedisCluster))
+        for name in named
+    )
+
+
+def _client_from_cache(alias: str, socket_timeout: float, cluster: bool) -> Any:
+    """A client of our own built from a django-redis (or Django) cache's
+    settings: one server, the sentinels' primary or a cluster."""
     cache = _cache_settings(alias)
-    location = _cache_location(alias, cache)
-    options = {str(k).upper(): v for k, v in (cache.get("OPTIONS") or {}).items()}
+    locations = _locations(alias, cache)
+    options = _cache_options(cache)
     extra: dict[str, Any] = {}
     if options.get("PASSWORD"):
         extra["password"] = options["PASSWORD"]
     for key, value in (options.get("CONNECTION_POOL_KWARGS") or {}).items():
-        if key in {"username", "password", "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile",
-                   "ssl_keyfile", "ssl_check_hostname", "db", "protocol"}:
+        if key in _POOL_KEYS:
             extra[key] = value
-    return client_from_url(location, socket_timeout, **extra)
+    if options.get("SENTINELS"):  # django-redis's SentinelConnectionFactory
+        service = urlsplit(locations[0])
+        kwargs = {
+            **for_scheme(locations[0], {**extra, **pool_kwargs(socket_timeout)}),
+            "db": int(service.path.strip("/") or 0),
+            **({"ssl": True} if service.scheme == "rediss" else {}),
+        }
+        sentinel_kwargs = dict(options.get("SENTINEL_KWARGS") or {})
+        sentinels = [tuple(address) for address in options["SENTINELS"]]
+        return topology.sentinel_client(sentinels, service.hostname or "", kwargs, sentinel_kwargs)
+    if cluster:
+        kwargs = for_scheme(locations[0], {**extra, **pool_kwargs(socket_timeout)})
+        kwargs.update(redis.connection.parse_url(locations[0]))
+        hosts = [(u.hostname or "localhost", u.port or 6379) for u in map(urlsplit, locations)]
+        return topology.cluster_from_nodes(hosts, kwargs)
+    return client_from_url(locations[0], socket_timeout, **extra)
+
+
+def uses_cluster(options: Options) -> bool:
+    """Whether the handler's Redis is a cluster (and its names hash-tagged):
+    ``cluster`` when given, else what the client, URL or alias says."""
+    detected = False
+    client = options.client
+    if client is not None:
+        detected = topology.is_cluster(client)
+    elif options.url is not None:
+        detected = options.url.startswith(topology.CLUSTER_SCHEMES)
+    else:
+        try:
+            detected = _alias_is_cluster(_cache_settings(options.connection))
+        except ConfigurationError:
+            detected = False
+    if options.cluster is None:
+        return detected
+    if options.cluster is False and detected:
+        raise ConfigurationError(
+            "RedisLogHandler: cluster=False, but the Redis given is a cluster "
+            "(leave CLUSTER unset to follow the client)."
+        )
+    return options.cluster
+
+
+def names_for(options: Options) -> Names:
+    """The channel and stream names of ``options`` (hash-tagged on a cluster)."""
+    return Names(
+        options.channel_prefix,
+        options.global_channel,
+        options.stream_prefix,
+        hash_tags=uses_cluster(options),
+    )
 
 
 def client_factory(options: Options) -> Callable[[], Any]:
@@ -151,22 +212,33 @@ def client_factory(options: Options) -> Callable[[], Any]:
     at configuration time, where it is easy to see.
     """
     timeout = options.socket_timeout
+    cluster = uses_cluster(options)
     if options.client is not None:
         client = options.client
         if isinstance(client, str):
             client = _import(client)
         if _is_factory(client):
-            return lambda: _checked(client())
-        _checked(client)
+            return lambda: _checked(client(), cluster)
+        _checked(client, cluster)
         return lambda: client
     if options.url is not None:
         url = options.url
-        if not url.startswith(_SCHEMES):
-            raise ConfigurationError(f"RedisLogHandler: url={url!r} is not a redis:// URL.")
+        if not url.startswith(topology.SCHEMES):
+            raise ConfigurationError(
+                f"RedisLogHandler: url={url!r} is not a Redis URL "
+                f"({', '.join(s + '...' for s in topology.SCHEMES)})."
+            )
+        if cluster and not url.startswith(topology.CLUSTER_SCHEMES):
+            if not url.startswith(("redis://", "rediss://")):
+                raise ConfigurationError(
+                    f"RedisLogHandler: cluster=True needs a redis:// or redis+cluster:// URL, "
+                    f"not {url.partition('://')[0]}://."
+                )
+            url = url.replace("://", "+cluster://", 1)  # cluster=True: a startup node
         return lambda: client_from_url(url, timeout)
     alias = options.connection
-    _cache_location(alias, _cache_settings(alias))
-    return lambda: _client_from_cache(alias, timeout)
+    _locations(alias, _cache_settings(alias))
+    return lambda: _client_from_cache(alias, timeout, cluster)
 
 
 def _import(path: str) -> Any:
@@ -177,14 +249,24 @@ def _import(path: str) -> Any:
         raise ConfigurationError(f"RedisLogHandler: cannot import client={path!r}: {exc}") from exc
 
 
-def _checked(client: Any) -> Any:
-    if not hasattr(client, "connection_pool"):
+def _checked(client: Any, cluster: bool) -> Any:
+    if not (hasattr(client, "connection_pool") or topology.is_cluster(client)):
         raise ConfigurationError(
-            f"RedisLogHandler: client= must be a redis.Redis client (or a callable returning "
-            f"one), not {type(client).__name__}; Redis Cluster clients are not supported yet."
+            f"RedisLogHandler: client= must be a redis.Redis or redis.cluster.RedisCluster "
+            f"client (or a callable returning one), not {type(client).__name__}."
+        )
+    if topology.is_cluster(client) != cluster:
+        raise ConfigurationError(
+            "RedisLogHandler: client= gave a RedisCluster, but the handler was built for one "
+            "server: set cluster=True (REDIS_LOGSTREAM['CLUSTER']) so that its names carry "
+            "hash tags."
+            if cluster is False
+            else "RedisLogHandler: cluster=True, but client= gave a single-server client."
         )
     return client
 
 
 def _is_factory(client: Any) -> bool:
-    return callable(client) and not hasattr(client, "connection_pool")
+    return callable(client) and not (
+        hasattr(client, "connection_pool") or topology.is_cluster(client)
+    )

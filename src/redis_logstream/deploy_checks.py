@@ -12,8 +12,8 @@ from django.core.checks import CheckMessage, Warning
 from .conf import Options
 from .connection import (
     ConfigurationError,
-    _cache_location,
     _cache_settings,
+    _locations,
     certificates_unchecked,
 )
 
@@ -66,7 +66,7 @@ def risky_options(where: str, options: Options) -> list[CheckMessage]:
             5,
         )
     url = options.url if options.url is not None else _cache_url(options)
-    if url is not None and url.startswith("rediss://") and certificates_unchecked(url):
+    if url is not None and url.startswith("rediss") and certificates_unchecked(url):
         warn(
             "The Redis URL turns certificate checking off (ssl_cert_reqs=none): anyone on "
             "the path can pose as Redis and read every record.",
@@ -82,6 +82,6 @@ def _cache_url(options: Options) -> str | None:
     if options.client is not None:
         return None
     try:
-        return _cache_location(options.connection, _cache_settings(options.connection))
+        return _locations(options.connection, _cache_settings(options.connection))[0]
     except ConfigurationError:
         return None

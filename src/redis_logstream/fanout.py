@@ -37,11 +37,11 @@ from typing import Any
 
 import redis
 
-from .connection import cloned_client
 from .diagnostics import report
 from .entries import Entry
 from .naming import Names
 from .reader import PAGE, READ_MARGIN, StreamReader
+from .topology import clone, disconnect
 
 __all__ = ["Follower", "StreamHub", "Subscription", "id_key"]
 
@@ -255,8 +255,7 @@ class Follower(threading.Thread):
                 ending = list(self.subscribers)
             for subscription in ending:
                 subscription.end()
-            self.client.close()
-            self.client.connection_pool.disconnect()
+            disconnect(self.client)
 
     def _notify(self, text: str) -> None:
         status = self.hub.status_event(text, up=text.startswith("Redis is back"))
@@ -325,7 +324,7 @@ class StreamHub:
         except BaseException:
             with self.lock:
                 self.forget(fresh)
-            fresh.client.connection_pool.disconnect()
+            disconnect(fresh.client)
             raise
         return subscription
 
@@ -348,4 +347,4 @@ class StreamHub:
 
 def follower_client(base: Any) -> redis.Redis:
     """A client of its own, to ``base``'s server, for blocking reads."""
-    return cloned_client(base, FOLLOWER_NAME, socket_timeout=FOLLOW_BLOCK_MS / 1000 + READ_MARGIN)
+    return clone(base, FOLLOWER_NAME, socket_timeout=FOLLOW_BLOCK_MS / 1000 + READ_MARGIN)

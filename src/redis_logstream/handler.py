@@ -13,10 +13,10 @@ import logging
 import weakref
 from typing import Any
 
+from .cluster_sink import ClusterSink
 from .conf import Options, resolve_options
-from .connection import client_factory
+from .connection import client_factory, names_for
 from .context import INTERNAL, user_id_context
-from .naming import Names
 from .shipper import Shipper
 from .sink import RedisSink
 from .wire import Encoder
@@ -49,13 +49,14 @@ class RedisLogHandler(logging.Handler):
         super().__init__(level)
         self.options: Options = resolve_options(options)
         opts = self.options
-        self.names = Names(opts.channel_prefix, opts.global_channel, opts.stream_prefix)
-        sink = RedisSink(
+        self.names = names_for(opts)
+        sink = (ClusterSink if self.names.hash_tags else RedisSink)(
             client_factory(opts),
             self.names,
             stream_maxlen=opts.stream_maxlen,
             context_ttl=opts.context_ttl,
             global_ttl=opts.global_ttl,
+            sharded_pubsub=opts.sharded_pubsub,
         )
         self.shipper = Shipper(
             sink,

@@ -19,11 +19,11 @@ import redis
 from django.core.signals import setting_changed
 
 from .conf import resolve_options
-from .connection import client_factory, cloned_client
+from .connection import client_factory, names_for
 from .fanout import StreamHub
-from .naming import Names
 from .reader import READ_MARGIN, StreamReader
 from .sse import log_event, status_event
+from .topology import clone, connection_kwargs, disconnect
 
 __all__ = ["BACKLOG_CONNECTIONS", "get_hub", "get_reader", "reset"]
 
@@ -40,12 +40,12 @@ _state: tuple[StreamHub, StreamReader] | None = None
 def _build() -> tuple[StreamHub, StreamReader]:
     options = resolve_options()
     base = client_factory(options)()
-    names = Names(options.channel_prefix, options.global_channel, options.stream_prefix)
-    timeout = base.connection_pool.connection_kwargs.get("socket_timeout") or 0
-    backlog = cloned_client(
+    names = names_for(options)
+    timeout = connection_kwargs(base).get("socket_timeout") or 0
+    backlog = clone(
         base,
         BACKLOG_NAME,
-        pool_class=redis.BlockingConnectionPool,
+        connection_pool_class=redis.BlockingConnectionPool,
         max_connections=BACKLOG_CONNECTIONS,
         timeout=BACKLOG_WAIT,
         socket_timeout=max(timeout, READ_MARGIN),
@@ -80,7 +80,7 @@ def reset(**kwargs: Any) -> None:
     if state is not None:
         hub, reader = state
         hub.close()
-        reader.client.connection_pool.disconnect()
+        disconnect(reader.client)
 
 
 def _setting_changed(setting: str, **kwargs: Any) -> None:

@@ -8,6 +8,12 @@ and leaves no pub/sub glob character (``* ? [ ] \\``), space, control
 character or cluster hash-tag brace in a name.  Everyday names such as
 ``User.alice`` or ``job_1b4e...`` pass through unchanged, which keeps the
 names existing consumers use: ``logs:User.alice``, ``stream:logs:User.alice``.
+
+On Redis Cluster (``hash_tags=True``) the encoded context is wrapped in a
+hash tag, ``logs:{User.alice}`` and ``stream:logs:{User.alice}``, so that a
+context's channel and stream live in one slot: one script writes both, and
+sharded pub/sub (``SPUBLISH``) reaches the shard that holds the stream.
+The global pair becomes ``logs:{global}`` and ``stream:logs:{global}``.
 """
 
 from __future__ import annotations
@@ -40,22 +46,27 @@ def decode_context(encoded: str) -> str:
 @dataclass(frozen=True)
 class Names:
     """The naming scheme of one handler: ``<prefix>:<context>`` channels,
-    ``<stream_prefix><channel>`` streams, and the global pair."""
+    ``<stream_prefix><channel>`` streams, and the global pair; with
+    ``hash_tags``, ``<prefix>:{<context>}`` (Redis Cluster)."""
 
     channel_prefix: str = "logs"
     global_channel: str = "global"
     stream_prefix: str = "stream:"
+    hash_tags: bool = False
 
     def channel(self, context: str | None) -> str:
         """The pub/sub channel of ``context`` (None: the global channel)."""
         if context is None:
-            return f"{self.channel_prefix}:{self.global_channel}"
-        encoded = encode_context(context)
-        if encoded == self.global_channel:
-            # Only reachable with a custom global_channel; the leading %XX
-            # keeps such a context apart from the firehose and from any
-            # other context (a literal '%' would itself be encoded).
-            encoded = f"%{ord(encoded[0]):02X}{encoded[1:]}"
+            encoded = self.global_channel
+        else:
+            encoded = encode_context(context)
+            if encoded == self.global_channel:
+                # Only reachable with a custom global_channel; the leading %XX
+                # keeps such a context apart from the firehose and from any
+                # other context (a literal '%' would itself be encoded).
+                encoded = f"%{ord(encoded[0]):02X}{encoded[1:]}"
+        if self.hash_tags:
+            return f"{self.channel_prefix}:{{{encoded}}}"
         return f"{self.channel_prefix}:{encoded}"
 
     def stream(self, context: str | None) -> str:

@@ -34,9 +34,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from . import topology
 from .connection import for_scheme
 from .entries import Entry, EntryFilter, decode_entry, parse_level
 from .naming import Names
+from .topology import connection_kwargs
 
 __all__ = [
     "DEFAULT_BLOCK_MS",
@@ -312,8 +314,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _max_block_ms(client: Any) -> int:
     """The longest XREAD block that fits in the client's socket timeout."""
-    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None) or {}
-    timeout = kwargs.get("socket_timeout")
+    timeout = connection_kwargs(client).get("socket_timeout")
     if isinstance(timeout, (int, float)) and timeout > 0:
         return max(1, int(timeout * 750))
     return DEFAULT_BLOCK_MS * 100
@@ -321,10 +322,11 @@ def _max_block_ms(client: Any) -> int:
 
 def client_for_url(
     url: str, *, block_ms: int = DEFAULT_BLOCK_MS, connect_timeout: float = CONNECT_TIMEOUT
-) -> redis.Redis:
+) -> Any:
     """A client for readers: quick to fail when Redis is unreachable, patient
     enough for a blocking XREAD, and without redis-py's own retries (the
-    follower retries, from its cursor)."""
+    follower retries, from its cursor).  Any URL of :data:`.topology.SCHEMES`:
+    a cluster URL gives a ``RedisCluster``."""
     kwargs = {
         "socket_connect_timeout": connect_timeout,
         "socket_timeout": block_ms / 1000 + READ_MARGIN,
@@ -333,5 +335,4 @@ def client_for_url(
         "retry_on_timeout": False,
         "health_check_interval": 0,
     }
-    pool = redis.ConnectionPool.from_url(url, **for_scheme(url, kwargs))
-    return redis.Redis(connection_pool=pool)
+    return topology.client_for_url(url, for_scheme(url, kwargs))

@@ -35,7 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .naming import Names
 from .shipper import WriteError
 
-__all__ = ["RedisSink"]
+__all__ = ["Call", "RedisSink", "exchange"]
 
 _BODY = resources.files(__package__).joinpath("write_batch.lua").read_bytes()
 #: With a shebang (Redis 7+) the server refuses the whole script up front when
@@ -53,7 +53,7 @@ _TRANSIENT_ERRORS = (
     exceptions.TryAgainError,
     exceptions.ClusterDownError,
 )
-_TRANSIENT_CODES = ("OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN")
+_TRANSIENT_CODES = ("OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "NOREPLICAS")
 
 
 def _text(value: Any) -> str:
@@ -88,6 +88,54 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
+class Call:
+    """One call of the script: its keys, the ARGV before the records, and
+    each record's ``index-in-KEYS, json`` pair, all in RESP already."""
+
+    __slots__ = ("head", "keys", "parts")
+
+    def __init__(self, keys: list[bytes], head: bytes, parts: list[bytes]) -> None:
+        self.keys = keys
+        self.head = head
+        self.parts = parts
+
+    def packed(self, verb: bytes, script: bytes) -> bytes:
+        keys = self.keys
+        count = b"%d" % len(keys)
+        top = b"*%d\r\n%b%b$%d\r\n%b\r\n" % (
+            3 + len(keys) + 5 + len(self.parts) * 2,
+            _bulk(verb),
+            _bulk(script),
+            len(count),
+            count,
+        )
+        return b"".join((top, *keys, self.head, *self.parts))
+
+
+def exchange(conn: Any, packed: list[bytes], replies_each: int = 1) -> tuple[list[Any], bool]:
+    """Send all commands in one write; read ``replies_each`` replies per
+    command and keep the last (``ASKING`` + a call: the call's).
+
+    Error replies come back as exception values, in place, and so does a
+    lost connection for every reply not read (``broken`` is then True):
+    calls whose reply arrived are never sent twice.
+    """
+    replies: list[Any] = []
+    try:
+        conn.send_packed_command([b"".join(packed)], check_health=False)
+        for _ in packed:
+            for _ in range(replies_each):
+                try:
+                    reply = conn.read_response()
+                except ResponseError as exc:
+                    reply = exc
+            replies.append(reply)
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        replies.extend([exc] * (len(packed) - len(replies)))
+        return replies, True
+    return replies, False
+
+
 class RedisSink:
     """Writes ``(context, json_bytes)`` batches to one Redis server.
 
@@ -108,6 +156,7 @@ class RedisSink:
         stream_maxlen: int = 1000,
         context_ttl: int | None = 3600,
         global_ttl: int | None = 86400,
+        sharded_pubsub: bool = False,
     ) -> None:
         self._connect = connect
         self._client: Any = None
@@ -117,15 +166,17 @@ class RedisSink:
         self._streams: dict[str | None, bytes] = {}
         global_stream = names.global_stream.encode()
         self._global = _bulk(global_stream)
-        self._argv_head = b"".join(
-            _bulk(str(value).encode())
-            for value in (
-                stream_maxlen,
-                context_ttl or 0,
-                global_ttl or 0,
-                len(names.stream_prefix.encode()),
-            )
-        )
+        publish = b"SPUBLISH" if sharded_pubsub else b"PUBLISH"
+
+        def argv_head(first_key_ttl: int | None) -> bytes:
+            values = (stream_maxlen, context_ttl or 0, first_key_ttl or 0)
+            prefix = len(names.stream_prefix.encode())
+            return b"".join(_bulk(b"%d" % v) for v in (*values, prefix)) + _bulk(publish)
+
+        #: ARGV before the records: the first key is the global stream, or
+        #: (one stream per call, on a cluster) a context's own.
+        self._argv_head = argv_head(global_ttl)
+        self._context_head = argv_head(context_ttl)
         self._index = [_bulk(b"%d" % i) for i in range(self.chunk_size + 2)]
 
     @property
@@ -140,21 +191,24 @@ class RedisSink:
 
     def write(self, batch: list[tuple[str | None, bytes]]) -> None:
         chunks = [batch[i : i + self.chunk_size] for i in range(0, len(batch), self.chunk_size)]
-        replies = self._round_trip([self._pack(chunk, b"EVALSHA", self._sha) for chunk in chunks])
+        calls = [self._call(chunk) for chunk in chunks]
+        self._settle(chunks, self._run(calls, self._round_trip))
+
+    def _run(self, calls: list[Call], round_trip: Callable[[list[bytes]], list[Any]]) -> list[Any]:
+        """Run ``calls`` (EVALSHA, then EVAL where the server lacks the
+        script) through ``round_trip``; one reply or error value each."""
+        replies = round_trip([call.packed(b"EVALSHA", self._sha) for call in calls])
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:  # first write since the server started: send the script itself
-            retry = self._eval([chunks[i] for i in missing])
+            retry = round_trip([calls[i].packed(b"EVAL", self._script) for i in missing])
             if self._script is SCRIPTS[0] and any(_cannot_compile(r) for r in retry):
                 self._use_script(SCRIPTS[1])  # a server older than Redis 7
-                retry = self._eval([chunks[i] for i in missing])
+                retry = round_trip([calls[i].packed(b"EVAL", self._script) for i in missing])
             for i, reply in zip(missing, retry, strict=True):
                 replies[i] = reply
-        self._settle(chunks, replies)
+        return replies
 
-    def _eval(self, chunks: list[list[Any]]) -> list[Any]:
-        return self._round_trip([self._pack(chunk, b"EVAL", self._script) for chunk in chunks])
-
-    def _settle(self, chunks: list[list[Any]], replies: list[Any]) -> None:
+    def _settle(self, chunks: list[Any], replies: list[Any]) -> None:
         """Raise WriteError unless every chunk was stored whole."""
         remaining: list[Any] = []
         lost = 0
@@ -174,7 +228,9 @@ class RedisSink:
         if first_error is not None:
             raise WriteError(first_error, remaining, lost)
 
-    def _pack(self, chunk: list[tuple[str | None, bytes]], verb: bytes, script: bytes) -> bytes:
+    def _call(self, chunk: list[tuple[str | None, bytes]]) -> Call:
+        """One script call writing ``chunk`` to the global stream and to
+        each record's context stream."""
         streams = self._streams
         keys = [self._global]
         slots: dict[str | None, bytes] = {}
@@ -194,14 +250,7 @@ class RedisSink:
                     slot = index[len(keys)]
                 slots[context] = slot
             append(b"%b$%d\r\n%b\r\n" % (slot, len(data), data))
-        head = b"*%d\r\n%b%b$%d\r\n%d\r\n" % (
-            3 + len(keys) + 4 + 2 * len(chunk),
-            _bulk(verb),
-            _bulk(script),
-            len(b"%d" % len(keys)),
-            len(keys),
-        )
-        return b"".join((head, *keys, self._argv_head, *parts))
+        return Call(keys, self._argv_head, parts)
 
     def _stream_key(self, context: str) -> bytes:
         key = _bulk(self.names.stream(context).encode())
@@ -211,29 +260,15 @@ class RedisSink:
         return key
 
     def _round_trip(self, packed: list[bytes]) -> list[Any]:
-        """Send all commands in one write; read one reply each.
-
-        Error replies come back as exception values, in place, and so does
-        a lost connection for every reply not read: chunks whose reply
-        arrived are never sent twice.
-        """
-        replies: list[Any] = []
         try:
-            conn = self._conn
-            if conn is None:
-                conn = self._conn = _get_connection(self.client.connection_pool)
-            conn.send_packed_command([b"".join(packed)], check_health=False)
-            for _ in packed:
-                try:
-                    replies.append(conn.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            self._drop_connection()
-            replies.extend([exc] * (len(packed) - len(replies)))
+            if self._conn is None:
+                self._conn = _get_connection(self.client.connection_pool)
+            replies, broken = exchange(self._conn, packed)
         except BaseException:
             self._drop_connection()
             raise
+        if broken:
+            self._drop_connection()
         return replies
 
     def _drop_connection(self) -> None:

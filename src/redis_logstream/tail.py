@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from .cmdline import USAGE, CommandFailed, add_naming_arguments, check_context, redis_errors
+from .live import listen
 from .reader import EntryFilter, StreamReader, parse_level, parse_since
 from .render import Renderer
 
@@ -113,6 +114,21 @@ def add_arguments(parser: argparse.ArgumentParser, *, site: bool) -> None:
         help="only records of the logger PREFIX and its children: shop matches "
         "shop and shop.views, not shopping (default: every logger)",
     )  # fmt: skip
+    live = parser.add_argument_group(
+        "pub/sub", "Follow the live channel instead of the stream (to check what a "
+        "pub/sub consumer receives)."
+    )
+    live.add_argument(
+        "--live", action="store_true",
+        help="print records as they are published on the channel, from now on: no "
+        "history, and nothing kept while disconnected (-n, -f and --since do not apply)",
+    )  # fmt: skip
+    live.add_argument(
+        "--sharded", action="store_true", default=None,
+        help="with --live, SSUBSCRIBE to the sharded channel, for a handler with "
+        "sharded_pubsub=True (default: "
+        + ("REDIS_LOGSTREAM['SHARDED_PUBSUB'])" if site else "off)"),
+    )  # fmt: skip
     parser.add_argument(
         "--json", action="store_true",
         help="print each record as the JSON object stored in Redis, one per line "
@@ -131,6 +147,8 @@ class TailRequest:
     since: str | None = None
     filter: EntryFilter = field(default_factory=EntryFilter)
     json: bool = False
+    live: bool = False
+    sharded: bool | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> TailRequest:
@@ -141,6 +159,11 @@ class TailRequest:
         if context is not None and everything:
             raise CommandFailed("give a CONTEXT or --global, not both", USAGE)
         since = options.get("since")
+        live = bool(options.get("live"))
+        if live and since is not None:
+            raise CommandFailed("--since reads history; --live has none", USAGE)
+        if options.get("sharded") and not live:
+            raise CommandFailed("--sharded goes with --live", USAGE)
         try:
             if since is not None:
                 parse_since(since, lambda: 0)  # the syntax, before any connection
@@ -156,6 +179,8 @@ class TailRequest:
             since=since,
             filter=EntryFilter(min_level, options.get("logger") or None),
             json=bool(options.get("json")),
+            live=live,
+            sharded=options.get("sharded"),
         )
 
 
@@ -176,6 +201,15 @@ def tail(
     """
     render = Renderer(color=color, json_lines=request.json)
     match = request.filter if request.filter.active else None
+    if request.live:
+        with redis_errors(reader.client):
+            for entry in listen(
+                reader.client, reader.names, request.context,
+                sharded=bool(request.sharded), stop=stop, match=match, notify=_notifier(err),
+            ):  # fmt: skip
+                out.write(render(entry))
+                out.flush()
+        return
     with redis_errors(reader.client):
         snapshot = reader.snapshot(request.context, request.count, request.since, match)
     for entry in snapshot.entries:
@@ -183,14 +217,17 @@ def tail(
     out.flush()
     if not request.follow:
         return
+    with redis_errors(reader.client):
+        for entry in reader.follow(
+            request.context, snapshot.cursor, stop=stop, match=match, notify=_notifier(err)
+        ):
+            out.write(render(entry))
+            out.flush()
 
+
+def _notifier(err: TextIO) -> Callable[[str], None]:
     def notify(message: str) -> None:
         err.write(f"{message}\n")
         err.flush()
 
-    with redis_errors(reader.client):
-        for entry in reader.follow(
-            request.context, snapshot.cursor, stop=stop, match=match, notify=notify
-        ):
-            out.write(render(entry))
-            out.flush()
+    return notify

@@ -1,8 +1,10 @@
 -- Write one chunk of log records (see sink.py).
 -- KEYS[1]: the global stream; KEYS[2..]: the context streams of this chunk.
--- ARGV: maxlen, context ttl, global ttl (0: none), length of the stream
---       prefix, then per record: the index in KEYS of its context stream
---       (1 when it has none) and its JSON.
+-- ARGV: maxlen, context ttl, ttl of KEYS[1] (0: none), length of the
+--       stream prefix, PUBLISH or SPUBLISH, then per record: the index in
+--       KEYS of its context stream (1 when it has none) and its JSON.
+-- On a cluster, where a call's keys share a slot, KEYS[1] may be a
+-- context's stream, with every record at index 1.
 -- A stream's channel is its key without the stream prefix.
 -- Returns {records stored, records refused, first refusal or ""}: a key of
 -- the wrong type refuses its records, not the whole chunk.  A refused
@@ -12,6 +14,7 @@ local maxlen = ARGV[1]
 local ctx_ttl = tonumber(ARGV[2])
 local global_ttl = tonumber(ARGV[3])
 local plen = tonumber(ARGV[4])
+local publish = ARGV[5]
 local refused, first_refusal = 0, ''
 
 local function refuses(reply)
@@ -31,16 +34,16 @@ for i = 1, #KEYS do
   channels[i] = string.sub(KEYS[i], plen + 1)
 end
 local gkey, gchannel = KEYS[1], channels[1]
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local k = tonumber(ARGV[i])
   local data = ARGV[i + 1]
   local bad = false
   if k > 1 then
     bad = refuses(redis.pcall('XADD', KEYS[k], '*', 'data', data))
-    refuses(redis.pcall('PUBLISH', channels[k], data))
+    refuses(redis.pcall(publish, channels[k], data))
   end
   bad = refuses(redis.pcall('XADD', gkey, '*', 'data', data)) or bad
-  refuses(redis.pcall('PUBLISH', gchannel, data))
+  refuses(redis.pcall(publish, gchannel, data))
   if bad then refused = refused + 1 end
 end
 for i = 1, #KEYS do
@@ -51,4 +54,4 @@ for i = 1, #KEYS do
     refuses(redis.pcall('EXPIRE', KEYS[i], ttl))
   end
 end
-return {(#ARGV - 4) / 2 - refused, refused, first_refusal}
+return {(#ARGV - 5) / 2 - refused, refused, first_refusal}

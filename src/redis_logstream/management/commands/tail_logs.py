@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from django.core.management.base import CommandParser
 
 from ... import tail
 from ...cmdline import add_site_url_argument, site_connection
+from ...conf import resolve_options
 from ...reader import StreamReader
 from ...render import use_color
 from .. import ReaderCommand
@@ -24,6 +26,9 @@ class Command(ReaderCommand):
     def run(self, options: dict[str, Any]) -> None:
         request = tail.TailRequest.from_options(options)
         client, names = site_connection(options)
+        if request.sharded is None:
+            sharded = resolve_options({}).sharded_pubsub
+            request = dataclasses.replace(request, sharded=sharded)
         if options.get("force_color"):
             color = True
         elif options.get("no_color"):
