@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from topology_servers import RedisClusterServers, SentinelServers
 
-# The fixtures; harmless once conftest.py registers the plugin too (it loads once).
-pytest_plugins = ["topology_servers"]
+# The fixtures come from topology_servers, a plugin registered by conftest.py.
 
 
 def test_cluster_has_three_primaries_each_with_a_replica_and_all_slots(

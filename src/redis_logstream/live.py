@@ -52,7 +52,9 @@ def listen(
     stop = stop or threading.Event()
     delay = 0.0
     while not stop.is_set():
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        # Subscribe confirmations are skipped by type below: redis-py 5's
+        # cluster client, told to ignore them, drops every sharded message.
+        pubsub = client.pubsub()
         try:
             if sharded:
                 pubsub.ssubscribe(channel)
