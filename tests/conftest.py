@@ -28,9 +28,9 @@ import redis
 from helpers import Handlers
 from servers import RedisServer, SilentServer, no_retry
 
-# The Redis Cluster and Sentinel fixtures (redis_cluster, cluster, own_cluster,
-# sentinel_servers) live with the servers they start.
-pytest_plugins = ["topology_servers"]
+# The Redis Cluster fixtures (redis_cluster, cluster, own_cluster) and the
+# Sentinel one (sentinel_servers) live with the servers they start.
+pytest_plugins = ["cluster_servers", "sentinel_servers"]
 
 _session_server: RedisServer | None = None
 

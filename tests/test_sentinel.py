@@ -19,7 +19,7 @@ from redis_logstream import log_context
 from redis_logstream.cli import main as cli_main
 
 from helpers import fresh_logger, messages
-from topology_servers import SentinelServers
+from sentinel_servers import SentinelServers
 
 SERVICE = "logstream"
 

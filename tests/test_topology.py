@@ -109,3 +109,38 @@ def test_a_clone_of_a_sentinel_client_asks_the_same_sentinels() -> None:
     assert copy.connection_pool.max_connections == 3
     assert connection_kwargs(copy)["socket_timeout"] == 9.0
     assert connection_kwargs(copy)["client_name"] == "redis_logstream:test"
+
+
+def test_manage_py_check_reports_a_contradiction_as_e001() -> None:
+    from redis_logstream.checks import _check_options
+
+    found = _check_options("LOGGING", {"url": "redis+cluster://10.0.0.1:6379", "cluster": False})
+    assert [(m.id, m.msg) for m in found] == [
+        (
+            "redis_logstream.E001",
+            "RedisLogHandler: cluster=False, but the Redis given is a "
+            "cluster (leave CLUSTER unset to follow the client).",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        (
+            "redis+cluster://u:secret@127.0.0.1:1",
+            "cannot reach Redis at redis+cluster://u:***@127.0.0.1:1: ",
+        ),
+        (
+            "redis+sentinel://127.0.0.1:1/svc",
+            "cannot reach Redis at the primary 'svc' of the sentinels "
+            "127.0.0.1:1: No master found for 'svc' (network:ConnectionError)",
+        ),
+    ],
+)
+def test_tail_says_in_one_line_that_a_cluster_or_sentinels_are_unreachable(url, said, capsys):
+    from redis_logstream.cli import main
+
+    assert main(["tail", "--url", url, "--global"]) == 1
+    err = capsys.readouterr().err
+    assert said in err and "secret" not in err and len(err.splitlines()) == 1

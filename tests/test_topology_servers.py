@@ -6,9 +6,11 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from topology_servers import RedisClusterServers, SentinelServers
+    from cluster_servers import RedisClusterServers
+    from sentinel_servers import SentinelServers
 
-# The fixtures come from topology_servers, a plugin registered by conftest.py.
+# The fixtures come from cluster_servers and sentinel_servers, plugins registered
+# by conftest.py.
 
 
 def test_cluster_has_three_primaries_each_with_a_replica_and_all_slots(

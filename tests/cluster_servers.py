@@ -1,19 +1,19 @@
-"""A local Redis Cluster and a Sentinel-managed pair, for tests that fail over.
+"""A local Redis Cluster for tests that fail over, and what every topology shares.
 
-Both are made of :class:`servers.RedisServer` processes (free loopback ports,
-private directories, killed by pid, closed by the ``atexit`` clean-up).
-
-- :class:`RedisClusterServers`: 6 nodes (3 primaries, 3 replicas) joined by
-  ``redis-cli --cluster create``; ready in ~2 s (a master will not turn
-  ``cluster_state:ok`` until 2 s after it started: a Redis rule).
-- :class:`SentinelServers`: a primary, its replica and 3 sentinels (quorum 2).
-  With ``fast=True`` (``SENTINEL DEBUG info-period 1000 publish-period 500``)
-  the sentinels demote a stale primary ~3 s after a failover, not ~10 s.
+:class:`RedisClusterServers` is 6 :class:`servers.RedisServer` processes (free
+loopback ports, private directories, killed by pid, closed by the ``atexit``
+clean-up): 3 primaries and 3 replicas joined by ``redis-cli --cluster create``;
+ready in ~2 s (a master will not turn ``cluster_state:ok`` until 2 s after it
+started: a Redis rule). Fixtures: ``redis_cluster`` (the session's),
+``cluster`` (that one, flushed) and ``own_cluster`` (private, to kill nodes).
 
 Replicas sync from an RDB file (Redis 7's default diskless sync waits 5 s for
 more replicas, then holds the write stream until the replica's first ACK, up to
 1 s, so a write made just after "link up" could be lost in a failover); "ready"
 also means ``WAIT 1`` returned 1 on every primary.
+
+The polling, query and life-cycle helpers here (``_wait``, ``_ask``,
+``_Topology``, ``TopologyError``...) also serve ``sentinel_servers.py``.
 """
 
 from __future__ import annotations
@@ -30,12 +30,10 @@ import pytest
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
-from redis.sentinel import Sentinel
 
 from servers import LOOPBACK, RedisServer, RedisServerError, free_port, no_retry
 
-__all__ = ["ClusterNodeServer", "RedisClusterError", "RedisClusterServers", "SentinelServer",
-           "SentinelServers"]  # fmt: skip
+__all__ = ["ClusterNodeServer", "RedisClusterServers", "TopologyError"]
 
 _T = TypeVar("_T")
 _S = TypeVar("_S", bound="_Topology")
@@ -43,7 +41,7 @@ _REDIS_PY_MAJOR = int(redis.__version__.split(".")[0])
 _FAST_SYNC = ["--repl-diskless-sync", "no"]
 
 
-class RedisClusterError(RedisServerError):
+class TopologyError(RedisServerError):
     """A cluster or sentinel topology did not form or heal in time."""
 
 
@@ -56,7 +54,7 @@ def _wait(check: Callable[[], _T], timeout: float, what: str, why: Callable[[], 
             if result:
                 return result
         if time.monotonic() > deadline:
-            raise RedisClusterError(f"{what}: not reached within {timeout}s\n{why()}")
+            raise TopologyError(f"{what}: not reached within {timeout}s\n{why()}")
         time.sleep(0.05)
 
 
@@ -187,7 +185,7 @@ class RedisClusterServers(_Topology):
         output = (done.stdout or b"") + (done.stderr or b"")
         self.create_output = f"$ {' '.join(cmd)}\n{output.decode(errors='replace')}"
         if done.returncode != 0:
-            raise RedisClusterError(f"create failed ({done.returncode}):\n{self._diagnose()}")
+            raise TopologyError(f"create failed ({done.returncode}):\n{self._diagnose()}")
         self._wait_whole(self.start_timeout, "cluster formed")
 
     @property
@@ -210,7 +208,7 @@ class RedisClusterServers(_Topology):
                         if line]  # fmt: skip
             except redis.RedisError as exc:
                 errors.append(f":{node.port}: {exc!r}")
-        raise RedisClusterError(f"no live cluster node answered CLUSTER NODES: {errors}")
+        raise TopologyError(f"no live cluster node answered CLUSTER NODES: {errors}")
 
     def _server(self, port: int) -> RedisServer:
         return next(n for n in self.nodes if n.port == port)
@@ -229,7 +227,7 @@ class RedisClusterServers(_Topology):
         for v in self.view():
             if any(low <= slot <= high for low, high in v.slots):
                 return self._server(v.port)
-        raise RedisClusterError(f"no primary owns slot {slot} of {key!r}")
+        raise TopologyError(f"no primary owns slot {slot} of {key!r}")
 
     def replica_of(self, primary: RedisServer) -> RedisServer:
         view = self.view()
@@ -237,7 +235,7 @@ class RedisClusterServers(_Topology):
         for v in view:
             if v.master_id == primary_id and "slave" in v.flags:
                 return self._server(v.port)
-        raise RedisClusterError(f"{primary!r} has no replica")
+        raise TopologyError(f"{primary!r} has no replica")
 
     def client(self, **kwargs: Any) -> RedisCluster:
         """A ``RedisCluster`` over the live nodes, no retries, 1 s timeouts (closed by close)."""
@@ -258,7 +256,7 @@ class RedisClusterServers(_Topology):
 
     def kill(self, server: RedisServer) -> None:
         """SIGKILL a node; its replica is remembered for :meth:`wait_for_failover`."""
-        with contextlib.suppress(RedisClusterError):
+        with contextlib.suppress(TopologyError):
             self._before_kill[server.port] = self.view()
         server.kill()
 
@@ -269,7 +267,7 @@ class RedisClusterServers(_Topology):
         old = next(v for v in before if v.port == old_primary.port)
         heirs = [v.node_id for v in before if v.master_id == old.node_id]
         if not heirs:
-            raise RedisClusterError(f"{old_primary!r} had no replica (kill it with .kill())")
+            raise TopologyError(f"{old_primary!r} had no replica (kill it with .kill())")
 
         def promoted() -> RedisServer | None:
             winners = set()
@@ -327,161 +325,6 @@ class RedisClusterServers(_Topology):
         return "\n".join([*views, _logs(self.nodes)])
 
 
-# -- sentinel --------------------------------------------------------------
-
-
-class SentinelServer(RedisServer):
-    """``redis-server sentinel.conf --sentinel``; it answers PING, so the base probe fits."""
-
-    def __init__(self, service: str, primary_port: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.conf_path = self.dir / "sentinel.conf"
-        self.service = service
-        self.primary_port = primary_port
-
-    def _command(self) -> list[str]:
-        if not self.conf_path.exists():  # a restart keeps what the sentinel rewrote
-            name = self.service
-            self.conf_path.write_text(
-                f"bind {LOOPBACK}\ndir {self.dir}\n"
-                f"sentinel monitor {name} {LOOPBACK} {self.primary_port} 2\n"
-                f"sentinel down-after-milliseconds {name} 1000\n"
-                f"sentinel failover-timeout {name} 5000\n"
-                f"sentinel parallel-syncs {name} 1\n"
-            )
-        return [self.binary, str(self.conf_path), "--sentinel", "--port", str(self.port),
-                "--daemonize", "no"]  # fmt: skip
-
-
-class SentinelServers(_Topology):
-    """A primary, its replica and three sentinels watching them as ``service_name``."""
-
-    def __init__(self, service_name: str = "logstream", *, fast: bool = True,
-                 start_timeout: float = 20.0) -> None:  # fmt: skip
-        self.service_name = service_name
-        self.fast = fast
-        self.start_timeout = start_timeout
-        self._primary = RedisServer(_FAST_SYNC)
-        self._replica = RedisServer(_FAST_SYNC)  # --replicaof is added once the port is known
-        self.sentinels: list[SentinelServer] = []
-        self._clients: list[redis.Redis] = []
-
-    def servers(self) -> list[RedisServer]:
-        return [self._primary, self._replica, *self.sentinels]
-
-    def _start(self) -> None:
-        """Start everything; return once a failover could start right away."""
-        self._primary.start()
-        self._replica.args += ["--replicaof", LOOPBACK, str(self._primary.port)]
-        self._replica.start()
-        _wait(self._in_sync, self.start_timeout, "replica in sync", self._diagnose)
-        # Started after the sync, the sentinels see the replica in their first
-        # INFO of the primary rather than 10 s later.
-        for _ in range(3):
-            self.sentinels.append(SentinelServer(self.service_name, self._primary.port))
-            self.sentinels[-1].start()
-            if self.fast:  # SENTINEL DEBUG is Redis >= 7; an older one is just slower
-                with contextlib.suppress(redis.ResponseError):
-                    _ask(self.sentinels[-1], "SENTINEL", "DEBUG", "info-period", 1000,
-                         "publish-period", 500)  # fmt: skip
-        _wait(self._sentinels_ready, self.start_timeout, "sentinels ready", self._diagnose)
-
-    @property
-    def sentinel_addresses(self) -> list[tuple[str, int]]:
-        return [(LOOPBACK, s.port) for s in self.sentinels if s.port]
-
-    @property
-    def primary(self) -> RedisServer:
-        """The server the sentinels call primary (the last one known if none answers)."""
-        with contextlib.suppress(RedisClusterError):
-            if self.current_primary_address()[1] == self._replica.port:
-                self._primary, self._replica = self._replica, self._primary
-        return self._primary
-
-    @property
-    def replica(self) -> RedisServer:
-        """The other server (after :meth:`kill_primary_and_wait`: the dead one)."""
-        return self._replica if self.primary is self._primary else self._primary
-
-    def current_primary_address(self) -> tuple[str, int]:
-        """SENTINEL GET-MASTER-ADDR-BY-NAME, from the first sentinel that answers."""
-        for sentinel in self.sentinels:
-            with contextlib.suppress(redis.RedisError), _conn(sentinel) as client:
-                return client.sentinel_get_master_addr_by_name(self.service_name)
-        raise RedisClusterError("no sentinel answered GET-MASTER-ADDR-BY-NAME")
-
-    def client(self, **kwargs: Any) -> redis.Redis:
-        """A ``redis.Redis`` to the primary through the sentinels: short timeouts, no retry."""
-        quick = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5, "retry": no_retry()}
-        sentinel = Sentinel(self.sentinel_addresses, sentinel_kwargs=quick, **quick)
-        client = sentinel.master_for(self.service_name, **{**quick, "socket_timeout": 2.0,
-                                                           **kwargs})  # fmt: skip
-        self._clients += [*sentinel.sentinels, client]
-        return client
-
-    def failover(self, timeout: float = 15) -> RedisServer:
-        """SENTINEL FAILOVER; wait until every sentinel names the replica and it takes
-        writes; return it. The old primary stays a primary (stale) until the
-        sentinels demote it: ~2 s with ``fast``, see :meth:`wait_replica_synced`."""
-        new = self.replica
-        _ask(self.sentinels[0], "SENTINEL", "FAILOVER", self.service_name)
-        return self._wait_promoted(new, timeout)
-
-    def kill_primary_and_wait(self, timeout: float = 20) -> RedisServer:
-        """SIGKILL the primary, wait until the sentinels promoted the replica; return it."""
-        old, new = self.primary, self.replica
-        old.kill()
-        return self._wait_promoted(new, timeout)
-
-    def _wait_promoted(self, new: RedisServer, timeout: float) -> RedisServer:
-        def promoted() -> bool:
-            for sentinel in (s for s in self.sentinels if s.is_running):
-                with _conn(sentinel) as client:
-                    if client.sentinel_get_master_addr_by_name(self.service_name)[1] != new.port:
-                        return False
-            with _conn(new) as client:
-                return client.role()[0] == "master" and bool(client.set("topology:probe", 1))
-
-        _wait(promoted, timeout, f"promotion of {new!r}", self._diagnose)
-        _ask(new, "DEL", "topology:probe")
-        if self._replica is new:
-            self._primary, self._replica = self._replica, self._primary
-        return new
-
-    def wait_replica_synced(self, timeout: float = 15) -> RedisServer:
-        """Wait until the replica (e.g. a demoted primary) follows the primary; return it."""
-        _wait(self._in_sync, timeout, "replica in sync", self._diagnose)
-        return self._replica
-
-    def _in_sync(self) -> bool:
-        """The replica follows the primary and has acknowledged all its writes."""
-        info = _ask(self._replica, "INFO", "replication")
-        if info["role"] != "slave" or info.get("master_port") != self._primary.port:
-            return False
-        return info["master_link_status"] == "up" and _ask(self._primary, "WAIT", 1, 100) >= 1
-
-    def _sentinels_ready(self) -> bool:
-        """Every sentinel sees a sane primary, the replica linked and fresh, both peers."""
-        name = self.service_name
-        for sentinel in self.sentinels:
-            with _conn(sentinel) as client:
-                master = client.sentinel_master(name)
-                replicas = client.sentinel_slaves(name)
-                peers = client.sentinel_sentinels(name)
-            down = ("is_sdown", "is_odown", "is_disconnected")
-            if any(r[flag] for r in [master, *replicas, *peers] for flag in down):
-                return False
-            if len(peers) != 2 or len(replicas) != 1 or not master["is_master"]:
-                return False
-            # info-refresh is "ms since the last INFO": huge until the first one
-            if replicas[0]["master-link-status"] != "ok" or replicas[0]["info-refresh"] > 20000:
-                return False
-        return True
-
-    def _diagnose(self) -> str:
-        return _logs(self.servers())
-
-
 # -- pytest fixtures ---------------------------------------------------------
 
 
@@ -506,11 +349,4 @@ def cluster(redis_cluster: RedisClusterServers) -> RedisClusterServers:
 def own_cluster() -> Iterator[RedisClusterServers]:
     """A private cluster for a test that kills or restarts nodes."""
     with RedisClusterServers() as servers:
-        yield servers
-
-
-@pytest.fixture
-def sentinel_servers() -> Iterator[SentinelServers]:
-    """A private primary + replica + 3 sentinels, service ``logstream``."""
-    with SentinelServers() as servers:
         yield servers
