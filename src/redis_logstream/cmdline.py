@@ -13,17 +13,19 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import redis
+from redis.exceptions import RedisClusterException
+from redis.sentinel import MasterNotFoundError, SentinelConnectionPool
 
 from .conf import DEFAULTS, Options, resolve_options
 from .connection import client_factory, names_for
 from .context import validate_context
 from .naming import Names
 from .reader import DEFAULT_BLOCK_MS, client_for_url
-from .topology import connection_kwargs, is_cluster
+from .topology import connection_kwargs, is_cluster, safe_url
 
 __all__ = [
     "USAGE",
@@ -50,7 +52,11 @@ class CommandFailed(Exception):
 
 def one_line(exc: BaseException) -> str:
     """An exception's text on one line: tools print one line, not a traceback."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, MasterNotFoundError) and " : <" in text:
+        # "No master found for 'svc' : <the repr of a whole client> - cause"
+        text = f"{text.partition(' : <')[0]} ({text.rpartition(' - ')[2]})"
+    return text
 
 
 def add_naming_arguments(parser: argparse.ArgumentParser, *, site: bool) -> None:
@@ -93,7 +99,7 @@ def site_connection(options: Mapping[str, Any]) -> tuple[Any, Names]:
     try:
         resolved = resolve_options(overrides)
         names = names_for(resolved)
-        client = client_factory(resolved)()
+        client = _built(client_factory(resolved), resolved.url or resolved.connection)
     except (ValueError, TypeError) as exc:  # ConfigurationError is a ValueError
         raise CommandFailed(one_line(exc)) from None
     return client, names
@@ -108,10 +114,20 @@ def url_connection(
         raise CommandFailed("give --url redis://HOST:PORT/DB (or set REDIS_URL)", USAGE)
     try:
         names = names_for(Options(url=url, **_naming(options)))
-        client = client_for_url(url, block_ms=block_ms)
+        client = _built(lambda: client_for_url(url, block_ms=block_ms), url)
     except ValueError as exc:
         raise CommandFailed(one_line(exc), USAGE) from None
     return client, names
+
+
+def _built(build: Callable[[], Any], source: str) -> Any:
+    """The client ``build`` makes; a cluster client connects right away
+    (to read the slot map), so its failure is an unreachable Redis."""
+    try:
+        return build()
+    except (redis.RedisError, RedisClusterException) as exc:
+        shown = safe_url(source) if "://" in source else f"the cache alias {source!r}"
+        raise CommandFailed(f"cannot reach Redis at {shown}: {one_line(exc)}") from None
 
 
 def check_context(value: str) -> str:
@@ -128,6 +144,13 @@ def where(client: Any) -> str:
     if is_cluster(client):
         nodes = ",".join(node.name for node in client.nodes_manager.startup_nodes.values())
         return f"the cluster of {nodes}"
+    pool = getattr(client, "connection_pool", None)
+    if isinstance(pool, SentinelConnectionPool):
+        sentinels = ",".join(
+            "{host}:{port}".format(**s.connection_pool.connection_kwargs)
+            for s in pool.sentinel_manager.sentinels
+        )
+        return f"the primary {pool.service_name!r} of the sentinels {sentinels}"
     if kwargs.get("path"):
         return f"unix://{kwargs['path']}"
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
@@ -140,7 +163,7 @@ def redis_errors(client: Any) -> Iterator[None]:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise CommandFailed(f"cannot reach Redis at {where(client)}: {one_line(exc)}") from None
-    except redis.RedisError as exc:
+    except (redis.RedisError, RedisClusterException) as exc:
         raise CommandFailed(f"error from Redis at {where(client)}: {one_line(exc)}") from None
 
 

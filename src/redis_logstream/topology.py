@@ -39,6 +39,7 @@ __all__ = [
     "connection_kwargs",
     "disconnect",
     "is_cluster",
+    "safe_url",
     "sentinel_client",
 ]
 
@@ -97,7 +98,7 @@ def _cluster_from_url(url: str, kwargs: Mapping[str, Any]) -> RedisCluster:
     parts = urlsplit(url)
     userinfo, hosts = _hosts(parts.netloc, 6379)
     if parts.path.strip("/") not in ("", "0"):
-        raise ValueError(f"{_safe(url)}: a Redis Cluster has only database 0")
+        raise ValueError(f"{safe_url(url)}: a Redis Cluster has only database 0")
     scheme = parts.scheme.replace("+cluster", "")
     host, port = hosts[0]
     first = urlunsplit((scheme, f"{userinfo}{host}:{port}", "/0", parts.query, ""))
@@ -130,7 +131,7 @@ def _sentinel_from_url(url: str, kwargs: Mapping[str, Any]) -> redis.Redis:
     userinfo, hosts = _hosts(parts.netloc, 26379)
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2:
-        raise ValueError(f"{_safe(url)}: give the service name: redis+sentinel://HOST:PORT/SERVICE")
+        raise ValueError(f"{safe_url(url)}: give the service name: redis+sentinel://HOST:PORT/SERVICE")
     service = unquote(path[0])
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     sentinel_auth = {
@@ -205,7 +206,7 @@ def disconnect(client: Any) -> None:
         client.connection_pool.disconnect()
 
 
-def _safe(url: str) -> str:
+def safe_url(url: str) -> str:
     """``url`` without its password, for error messages."""
     parts = urlsplit(url)
     userinfo, _, hostlist = parts.netloc.rpartition("@")
