@@ -45,6 +45,24 @@ def sentinel_url(servers: SentinelServers) -> str:
     return f"redis+sentinel://{hosts}/{servers.service_name}/0"
 
 
+def log_numbered(logger, start: int, count: int) -> None:
+    """Records ``start`` .. ``start + count - 1``, round-robin over three jobs."""
+    for i in range(start, start + count):
+        with log_context(f"job_{i % 3}"):
+            logger.info("record %d", i)
+
+
+def assert_all_arrived(client, handler, total: int) -> None:
+    """Records 0 .. total-1, once each, in order, in every stream."""
+    names = handler.names
+    assert messages(client, names.global_stream) == [f"record {i}" for i in range(total)]
+    for k in range(3):
+        expected = [f"record {i}" for i in range(k, total, 3)]
+        assert messages(client, names.stream(f"job_{k}")) == expected
+    stats = handler.stats()
+    assert stats["sent"] == total and stats["dropped"] == 0 and stats["failed"] == 0
+
+
 class Logging(threading.Thread):
     """Logs numbered records until stopped; ``count`` says how many."""
 
@@ -56,8 +74,7 @@ class Logging(threading.Thread):
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            with log_context(f"job_{self.count % 3}"):
-                self.logger.info("record %d", self.count)
+            log_numbered(self.logger, self.count, 1)
             self.count += 1
             time.sleep(0.002)
 
@@ -88,9 +105,7 @@ def test_configured_through_django_redis_it_delivers_across_a_forced_failover(
         assert caches["default"].get("proof").startswith("the cache")
         handler = handlers(connection="default", queue_size=100_000, stream_maxlen=100_000)
         logger = fresh_logger(handler)
-        for i in range(100):
-            with log_context(f"job_{i % 3}"):
-                logger.info("record %d", i)
+        log_numbered(logger, 0, 100)
         assert handler.flush(5)
         wait_replicated(servers)
         old = servers.primary
@@ -101,13 +116,7 @@ def test_configured_through_django_redis_it_delivers_across_a_forced_failover(
         total = writer.stop()
         assert handler.flush(10)
     assert new.port != old.port
-    client = servers.client()
-    assert messages(client, handler.names.global_stream) == [f"record {i}" for i in range(total)]
-    for k in range(3):
-        expected = [f"record {i}" for i in range(k, total, 3)]
-        assert messages(client, handler.names.stream(f"job_{k}")) == expected
-    stats = handler.stats()
-    assert stats["sent"] == total and stats["dropped"] == 0 and stats["failed"] == 0
+    assert_all_arrived(servers.client(), handler, total)
     caches["default"].close()
 
 
@@ -117,9 +126,7 @@ def test_a_sentinel_url_finds_the_replica_promoted_after_the_primary_is_killed(
     servers = sentinel_servers
     handler = handlers(url=sentinel_url(servers), queue_size=100_000, stream_maxlen=100_000)
     logger = fresh_logger(handler)
-    for i in range(100):
-        with log_context(f"job_{i % 3}"):
-            logger.info("record %d", i)
+    log_numbered(logger, 0, 100)
     assert handler.flush(5)
     wait_replicated(servers)
     writer = Logging(logger, start=100)
@@ -129,9 +136,7 @@ def test_a_sentinel_url_finds_the_replica_promoted_after_the_primary_is_killed(
     total = writer.stop()
     assert handler.flush(10)
     assert total > 200, "records should have been logged while there was no primary"
-    assert messages(servers.client(), handler.names.global_stream) == [
-        f"record {i}" for i in range(total)
-    ]
+    assert_all_arrived(servers.client(), handler, total)
     assert handler.stats()["retries"] > 0
 
 

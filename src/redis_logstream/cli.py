@@ -25,6 +25,10 @@ TAIL_URL_EXAMPLE = f"""\
   Any Redis, by URL (or export REDIS_URL once, as the examples below do):
       {PROG} tail --url redis://:secret@logs.internal:6379/0 --global -f
 
+  A Redis Cluster (from any of its nodes), or the primary that sentinels name:
+      {PROG} tail --url redis+cluster://10.0.0.21:6379,10.0.0.22:6379 --global -f
+      {PROG} tail --url redis+sentinel://10.0.0.11:26379,10.0.0.12:26379/mymaster --global
+
 """
 
 

@@ -176,7 +176,7 @@ def uses_cluster(options: Options) -> bool:
     detected = False
     client = options.client
     if client is not None:
-        detected = topology.is_cluster(client)
+        detected = topology.is_cluster(_import(client) if isinstance(client, str) else client)
     elif options.url is not None:
         detected = options.url.startswith(topology.CLUSTER_SCHEMES)
     else:

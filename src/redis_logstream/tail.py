@@ -55,6 +55,9 @@ EXAMPLES
 
   Everything after a known entry id (an SSE event id), as JSON for jq:
       {prog} --global --since 1764028888123-0 -n all --json | jq -r .message
+
+  What a pub/sub subscriber of one user's channel receives, as it is sent:
+      {prog} User.alice --live
 """
 
 
