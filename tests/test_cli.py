@@ -172,6 +172,6 @@ def test_docs_show_the_examples_of_every_help(capsys: pytest.CaptureFixture[str]
         for line in text.split("\nEXAMPLES\n")[1].splitlines()
         if line.startswith(" " * 6)
     ]
-    assert len(examples) == 5 + 4 + 4
+    assert len(examples) == 8 + 5 + 4  # tail (with its URL examples), tail_logs, purge
     docs = (REPO / "docs" / "cli.md").read_text()
     assert [example for example in examples if example not in docs] == []
