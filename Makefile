@@ -24,7 +24,7 @@ PYTHON ?= $(shell for p in python3.11 python3; do \
 
 PYTEST_ARGS ?=
 
-.PHONY: venv install test lint demo bench bench-viewers soak tools clean distclean
+.PHONY: venv install test lint demo bench bench-viewers bench-cluster soak tools clean distclean
 
 venv install: $(STAMP)
 
@@ -94,6 +94,9 @@ bench: install tools
 
 bench-viewers: install tools
 	$(VENV_PY) bench/bench_viewers.py
+
+bench-cluster: install tools
+	$(VENV_PY) bench/bench_cluster.py
 
 soak: install tools
 	$(VENV_PY) bench/soak.py

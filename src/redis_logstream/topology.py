@@ -117,9 +117,9 @@ def cluster_from_nodes(hosts: list[tuple[str, int]], kwargs: Mapping[str, Any]) 
     options = {k: v for k, v in kwargs.items() if k not in _NOT_FOR_CLUSTER}
     for key in ("host", "port", "retry_on_timeout"):
         options.pop(key, None)
-    tls = options.pop("connection_class", None) is redis.SSLConnection or options.pop("ssl", False)
-    if tls:
-        options["ssl"] = True
+    # TLS is said by the URL's scheme: redis-py then picks the connection class.
+    tls = options.pop("connection_class", None) is redis.SSLConnection
+    tls = bool(options.pop("ssl", False)) or tls
     (host, port), *others = hosts
     url = f"{'rediss' if tls else 'redis'}://{host}:{port}/0"
     nodes = [ClusterNode(h, p) for h, p in others]
