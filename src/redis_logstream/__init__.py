@@ -3,6 +3,7 @@
 The public API; everything else is an implementation detail.
 """
 
+from .consumer import consume
 from .context import (
     get_log_context,
     get_user_context,
@@ -16,6 +17,7 @@ from .handler import RedisLogHandler
 
 __all__ = [
     "RedisLogHandler",
+    "consume",
     "get_log_context",
     "get_user_context",
     "job_id_factory",

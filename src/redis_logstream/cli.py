@@ -3,16 +3,17 @@
 A worker host, a CI job or an operator's laptop may have no Django project
 at hand, only a Redis URL; this console script runs the same code as the
 management commands (:mod:`.tail`), with the connection given on the
-command line.  Subcommands keep room for ``consume`` and ``purge``.
+command line: ``tail`` (:mod:`.tail`) and ``consume`` (:mod:`.consume_cli`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__, tail
+from . import __version__, consume_cli, tail
 from .cmdline import CommandFailed, silence_stdout, url_connection
 from .reader import DEFAULT_BLOCK_MS, StreamReader
 from .render import use_color
@@ -28,6 +29,13 @@ TAIL_URL_EXAMPLE = f"""\
   A Redis Cluster (from any of its nodes), or the primary that sentinels name:
       {PROG} tail --url redis+cluster://10.0.0.21:6379,10.0.0.22:6379 --global -f
       {PROG} tail --url redis+sentinel://10.0.0.11:26379,10.0.0.12:26379/mymaster --global
+
+"""
+
+
+CONSUME_URL_EXAMPLE = f"""\
+  The Redis by URL (or export REDIS_URL once, as the examples below do):
+      {PROG} consume --url redis://10.0.0.5:6379/0 --global --group audit --callback audit:keep
 
 """
 
@@ -69,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="colour the output even when it is not a terminal",
     )  # fmt: skip
     tail_parser.set_defaults(run=run_tail)
+
+    consume_parser = commands.add_parser(
+        "consume",
+        help="call a function for each record, as one consumer of a consumer group",
+        description=consume_cli.DESCRIPTION,
+        epilog=consume_cli.epilog(f"{PROG} consume", extra=CONSUME_URL_EXAMPLE),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    consume_cli.add_arguments(consume_parser, site=False)
+    consume_parser.set_defaults(run=run_consume)
     return parser
 
 
@@ -82,12 +100,21 @@ def run_tail(args: argparse.Namespace) -> None:
     tail.tail(reader, request, sys.stdout, sys.stderr, color=color)
 
 
+def run_consume(args: argparse.Namespace) -> int:
+    """``redis-logstream consume``: the connection from --url (or the file)."""
+    request = consume_cli.ConsumeRequest.from_options(vars(args))
+    url = request.url or os.environ.get("REDIS_URL")
+    if not url:
+        raise CommandFailed("give --url redis://HOST:PORT/DB (or set REDIS_URL)", 2)
+    return consume_cli.run(request, url=url)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; return its exit status (failures are one line)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.run(args)
+        status = args.run(args)
     except CommandFailed as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return exc.status
@@ -95,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0  # Ctrl-C is how a follow ends
     except BrokenPipeError:
         silence_stdout()  # the reader of our output left (| head)
+    else:
+        return status or 0
     return 0
 
 

@@ -18,11 +18,11 @@ __all__ = ["RateLimiter", "logger", "report"]
 logger = logging.getLogger("redis_logstream")
 
 
-def report(level: int, message: str, *args: object) -> None:
+def report(level: int, message: str, *args: object, exc_info: bool = False) -> None:
     """Log ``message % args`` on the library's logger, never into a RedisLogHandler."""
     token = user_id_context.set(INTERNAL)
     try:
-        logger.log(level, message, *args)
+        logger.log(level, message, *args, exc_info=exc_info)
     except Exception:  # a broken third-party handler must not break shipping
         pass
     finally:

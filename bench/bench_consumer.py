@@ -1,0 +1,385 @@
+"""Consumer throughput: records/s through a consumer group, no-op callback, acks included.
+
+Run from the repository root::
+
+    .venv/bin/python bench/bench_consumer.py [--quick] [--records 200000] [--rounds 3]
+                                             [--profile] [--out bench/out]
+
+The issue asks what ``redis_logstream.Consumer`` costs by itself: how many
+records/s one consumer, then two consumers of one group, get through with a
+callback that does nothing (``lambda entry: None``), each record
+acknowledged (XACK pipelined with the next XREADGROUP, as the consumer does).
+The goal is at least 20,000 records/s for one consumer on this machine.
+
+A private ``redis-server`` (bench/private_redis.py) is filled once with
+``--records`` records in one context stream (``stream:logs:bench.consumer``),
+by pipelined XADD of the handler's wire format: every record's JSON is built
+by the handler's own encoder (``redis_logstream.wire.Encoder``), so each
+carries message, level, levelno, timestamp, logger, context, pod and pid;
+messages, loggers and levels vary from record to record.  Each round then
+creates a fresh group at ``0`` on that stream (``ENTRIESREAD 0``) and starts
+the consumers, each in a process of its own (this script with ``--child``: a
+thread would share the GIL).  A child builds its Consumer (batch as given,
+``block_ms`` 200 so that it stops quickly once the stream is drained),
+pings Redis, says ``ready`` and waits for ``go <time>``; every child starts
+at that time.  This process polls ``XINFO GROUPS`` every 5 ms: the round ends
+when the group's entries-read equals the stream's length and nothing is
+pending.  Records/s = records / (end - start).
+
+Configurations: one consumer with the default batch (100), one consumer with
+batch 500, two consumers of one group with batch 100.  Rounds are
+interleaved (``--rounds`` of each, 1 with ``--quick``) and the table gives
+medians: on a shared two-core machine wall-clock drifts by tens of percent.
+consumer us/rec is the CPU of every consumer process (``time.process_time``
+from start to stop) per record; redis us/rec is redis-server's (INFO CPU,
+user + sys; the 5 ms polling is included, a few percent at most).
+
+Correctness, every round: each child handled and acknowledged what it was
+given, nothing was claimed, refused or missed, the children's handled counts
+add up to the stream's length, and the group then has entries-read = length,
+lag 0, no pending entry and its last-delivered-id at the stream's last id.
+XREADGROUP ``>`` delivers an entry to one consumer once, so these counts
+mean every record was delivered once.
+
+Thresholds (exit status 1): the one-consumer, batch-100 median is at least
+20,000 records/s, and no round lost or duplicated a record.  Exit status 2:
+Redis or a consumer process could not start.  ``--profile`` adds one round of
+one consumer under cProfile (not in the medians) and prints where its time
+went.  Raw figures: ``<out>/consumer/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pstats
+import selectors
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from child_processes import child_env
+from private_redis import PrivateRedis
+from redis_logstream.consumer import Consumer, consumer_client
+from redis_logstream.naming import Names
+from redis_logstream.wire import Encoder
+from report import machine, source_revision
+
+CONTEXT = "bench.consumer"
+MIN_RECORDS_PER_S = 20_000
+#: (label, consumers, batch)
+CONFIGS = (("1 consumer", 1, 100), ("1 consumer", 1, 500), ("2 consumers", 2, 100))
+POLL_S = 0.005
+LOGGERS = ("app.views", "app.orders.api", "celery.worker", "django.request")
+LEVELS = (logging.INFO,) * 7 + (logging.DEBUG, logging.WARNING, logging.ERROR)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=200_000, help="records in the stream")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per configuration")
+    parser.add_argument("--profile", action="store_true",
+                        help="one more round of one consumer under cProfile")
+    parser.add_argument("--quick", action="store_true", help="20,000 records, 1 round")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out",
+                        help="results go to <out>/consumer/results.json (default: bench/out)")
+    # Internal: one consumer process.
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--group", help=argparse.SUPPRESS)
+    parser.add_argument("--name", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=100, help=argparse.SUPPRESS)
+    parser.add_argument("--pstats", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.records, args.rounds = 20_000, 1
+    if min(args.records, args.rounds) < 1:
+        parser.error("--records and --rounds must be > 0")
+    return args
+
+
+def say(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def child_main(args: argparse.Namespace) -> int:
+    """One consumer: build it, say ready, start at ``go``, run until ``stop``."""
+    client, names = consumer_client(None, args.url, None, 200)
+    worker = Consumer(lambda entry: None, client=client, names=names,
+                      streams=[names.stream(CONTEXT)], group=args.group, consumer=args.name,
+                      start="0", batch=args.batch, block_ms=200)
+    client.ping()
+    say({"ready": True})
+    start = float(sys.stdin.readline().split()[1])
+
+    def wait_for_stop() -> None:
+        sys.stdin.readline()  # "stop", or EOF when the parent is gone
+        worker.stop()
+
+    threading.Thread(target=wait_for_stop, daemon=True).start()
+    time.sleep(max(0.0, start - time.time()))
+    profile = None
+    if args.pstats:
+        import cProfile
+
+        profile = cProfile.Profile()
+        profile.enable()
+    cpu = time.process_time()
+    status = worker.run()
+    cpu = time.process_time() - cpu
+    if profile is not None:
+        profile.disable()
+        profile.dump_stats(args.pstats)
+    say({"status": status, "cpu_s": round(cpu, 4), "stats": worker.stats()})
+    return 0
+
+
+class Child:
+    """One consumer process: JSON lines out, ``go <time>`` and ``stop`` in."""
+
+    def __init__(self, url: str, group: str, name: str, batch: int, pstats: str = "") -> None:
+        command = [sys.executable, str(Path(__file__).resolve()), "--child", "--url", url,
+                   "--group", group, "--name", name, "--batch", str(batch)]
+        if pstats:
+            command += ["--pstats", pstats]
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     env=child_env(), text=True)
+
+    def expect(self, timeout: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout):
+                raise RuntimeError(f"consumer process {self.proc.pid}: no answer in {timeout} s")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"consumer process {self.proc.pid} exited ({self.proc.wait()})")
+        return dict(json.loads(line))
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+def fill(client: redis.Redis, key: str, records: int) -> int:
+    """XADD ``records`` wire-format records to ``key``, pipelined; their mean size."""
+    encode, size, now = Encoder(), 0, time.time()
+    pipe = client.pipeline(transaction=False)
+    for i in range(records):
+        message = f"GET /api/orders/{i} 200 in {i % 997 * 0.37:.2f} ms user=u{i % 89}"
+        _route, data = encode((message, LEVELS[i % len(LEVELS)], now - (records - i) * 1e-4,
+                               LOGGERS[i % len(LOGGERS)], CONTEXT))
+        size += len(data)
+        pipe.xadd(key, {"data": data})
+        if len(pipe) >= 2_000:
+            pipe.execute()
+    pipe.execute()
+    return round(size / records)
+
+
+def group_info(client: redis.Redis, key: str, group: str) -> dict[str, Any]:
+    found = [g for g in client.xinfo_groups(key) if g["name"] == group]
+    return found[0] if found else {}
+
+
+def run_round(server: PrivateRedis, key: str, label: str, consumers: int, batch: int,
+              number: int, pstats: str = "") -> dict[str, Any]:
+    """A fresh group over the filled stream; the consumers drain it; the raw figures."""
+    client, records = server.client, server.client.xlen(key)
+    group = f"bench-{number}-{consumers}x{batch}"
+    client.xgroup_create(key, group, id="0", entries_read=0)
+    children = [Child(server.url, group, f"c{k}", batch, pstats) for k in range(consumers)]
+    try:
+        for child in children:
+            child.expect(60)
+        cpu = server.cpu_seconds()
+        start = time.time() + 0.3
+        for child in children:
+            child.send(f"go {start!r}")
+        deadline = start + 600
+        while True:
+            time.sleep(POLL_S)
+            info = group_info(client, key, group)
+            if info.get("entries-read") == records and info.get("pending") == 0:
+                end = time.time()
+                break
+            if time.time() > deadline or any(c.proc.poll() is not None for c in children):
+                raise RuntimeError(f"{label} batch {batch}: the group did not drain ({info})")
+        cpu = server.cpu_seconds() - cpu
+        for child in children:
+            child.send("stop")
+        done = [child.expect(30) for child in children]
+    finally:
+        for child in children:
+            child.kill()
+    info = group_info(client, key, group)
+    last = client.xinfo_stream(key)["last-generated-id"]
+    client.xgroup_destroy(key, group)
+    stats = [d["stats"] for d in done]
+    handled = [s["handled"] for s in stats]
+    faults = sum(s[k] for s in stats for k in ("nacked", "dropped", "claimed", "missed",
+                                                 "skipped", "dead_lettered"))
+    faults += sum(d["status"] != 0 for d in done) + sum(s["acked"] != s["handled"] for s in stats)
+    seconds = end - start
+    return {
+        "config": f"{label} batch {batch}", "consumers": consumers, "batch": batch,
+        "records": records, "seconds": round(seconds, 4),
+        "records_per_s": round(records / seconds), "handled": handled,
+        "missing": max(0, records - sum(handled)), "duplicates": max(0, sum(handled) - records),
+        "faults": faults,
+        "group_ok": (info.get("entries-read") == records and info.get("lag") == 0
+                     and info.get("pending") == 0 and info.get("last-delivered-id") == last),
+        "consumer_cpu_us_per_record": round(sum(d["cpu_s"] for d in done) / records * 1e6, 2),
+        "redis_cpu_us_per_record": round(cpu / records * 1e6, 2),
+        "loadavg_1min": round(os.getloadavg()[0], 2),
+    }
+
+
+def summary(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for label, consumers, batch in CONFIGS:
+        mine = [r for r in rounds if r["consumers"] == consumers and r["batch"] == batch]
+        found[f"{label} batch {batch}"] = {
+            "consumers": consumers, "batch": batch,
+            "records_per_s": statistics.median(r["records_per_s"] for r in mine),
+            "rounds": [r["records_per_s"] for r in mine],
+            **{k: statistics.median(r[k] for r in mine)
+               for k in ("consumer_cpu_us_per_record", "redis_cpu_us_per_record")},
+            "split": "/".join(f"{h / r['records']:.0%}" for r in mine[:1] for h in r["handled"]),
+            "missing": sum(r["missing"] for r in mine),
+            "duplicates": sum(r["duplicates"] for r in mine),
+            "faults": sum(r["faults"] for r in mine),
+            "group_ok": all(r["group_ok"] for r in mine),
+        }
+    return found
+
+
+def render_table(results: dict[str, Any]) -> str:
+    header = (f"{'configuration':<24} {'rec/s':>8} {'(rounds)':<22} {'consumer us/rec':>15} "
+              f"{'redis us/rec':>12} {'cores':>5} {'split':>9} {'missing':>7} {'dup':>4}")
+    lines = [header, "-" * len(header)]
+    for name, s in results["summary"].items():
+        spread = "/".join(f"{v / 1000:.1f}k" for v in s["rounds"])
+        cores = s["records_per_s"] * (s["consumer_cpu_us_per_record"]
+                                      + s["redis_cpu_us_per_record"]) / 1e6
+        lines.append(f"{name:<24} {s['records_per_s']:>8,.0f} {'(' + spread + ')':<22} "
+                     f"{s['consumer_cpu_us_per_record']:>15.1f} "
+                     f"{s['redis_cpu_us_per_record']:>12.1f} {cores:>5.2f} {s['split']:>9} "
+                     f"{s['missing']:>7} {s['duplicates']:>4}")
+    config = results["config"]
+    lines += ["", f"{config['records']:,} records ({config['record_bytes']} bytes of JSON "
+              f"each) in one stream, a fresh group per round, no-op callback, acks pipelined "
+              f"with the next read; median of {config['rounds']} interleaved rounds.",
+              "consumer us/rec: CPU of all consumer processes per record; cores: rec/s x "
+              "(consumer + redis CPU); split: each consumer's share (first round)."]
+    return "\n".join(lines)
+
+
+def check_thresholds(results: dict[str, Any]) -> list[dict[str, Any]]:
+    one = results["summary"]["1 consumer batch 100"]["records_per_s"]
+    checks = [{"check": f"one consumer (batch 100) median >= {MIN_RECORDS_PER_S:,} records/s",
+               "value": f"{one:,.0f}", "ok": one >= MIN_RECORDS_PER_S}]
+    for name, s in results["summary"].items():
+        bad = s["missing"] + s["duplicates"] + s["faults"]
+        checks.append({"check": f"{name}: every record delivered and acknowledged once",
+                       "value": f"{s['missing']} missing, {s['duplicates']} duplicates, "
+                                f"{s['faults']} faults, group {'ok' if s['group_ok'] else 'NOT'}"
+                                " drained", "ok": bad == 0 and s["group_ok"]})
+    return checks
+
+
+def profile_round(server: PrivateRedis, key: str, out: Path) -> None:
+    path = out / "profile.pstats"
+    r = run_round(server, key, "1 consumer", 1, 100, 99, str(path))
+    print(f"\nunder cProfile: {r['records_per_s']:,} records/s, {r['consumer_cpu_us_per_record']}"
+          f" us CPU/record; top functions by own time ({path}):")
+    pstats.Stats(str(path)).sort_stats("tottime").print_stats(18)
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    out: Path = args.out.resolve() / "consumer"
+    out.mkdir(parents=True, exist_ok=True)
+    key = Names().stream(CONTEXT)
+    source = source_revision()
+    rounds: list[dict[str, Any]] = []
+    server: PrivateRedis | None = None
+    try:
+        server = PrivateRedis()
+        info = machine()
+        info["redis_server"] = server.version()
+        print(f"redis-server {info['redis_server']} on port {server.port}; {info['nproc']} x "
+              f"{info['cpu']}", flush=True)
+        filling = time.monotonic()
+        raw = redis.Redis(host="127.0.0.1", port=server.port)
+        record_bytes = fill(raw, key, args.records)
+        raw.close()
+        print(f"filled {key} with {args.records:,} records in "
+              f"{time.monotonic() - filling:.1f} s", flush=True)
+        for number in range(args.rounds):
+            for label, consumers, batch in CONFIGS:
+                r = run_round(server, key, label, consumers, batch, number)
+                rounds.append(r)
+                print(f"round {number + 1} {r['config']:<24} {r['records_per_s']:>8,} records/s"
+                      f" in {r['seconds']:.2f} s, handled {r['handled']}", flush=True)
+        if args.profile:
+            profile_round(server, key, out)
+    finally:
+        if server is not None:
+            server.stop()
+    source["changed_during_run"] = source_revision()["fingerprint"] != source["fingerprint"]
+    results: dict[str, Any] = {
+        "machine": info, "source": source,
+        "config": {"records": args.records, "rounds": args.rounds, "quick": args.quick,
+                   "record_bytes": record_bytes, "block_ms": 200, "stream": key},
+        "rounds": rounds,
+    }
+    results["summary"] = summary(rounds)
+    results["checks"] = check_thresholds(results)
+    results["table"] = render_table(results)
+    results["seconds"] = round(time.monotonic() - started, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"\nmeasured: commit {source['commit']}"
+          f"{' + local changes in src' if source['src_dirty'] else ''}, Python {info['python']}, "
+          f"redis-py {info['redis_py']}, {info['nproc']} x {info['cpu']}")
+    if source["changed_during_run"]:
+        print("WARNING: the package's source changed during the run: the figures mix versions")
+    print(results["table"])
+    print()
+    for check in results["checks"]:
+        print(f"{'PASS' if check['ok'] else 'FAIL'}  {check['check']}: {check['value']}")
+    print(f"\nresults: {out / 'results.json'}  ({results['seconds']:.0f} s)")
+    return 0 if all(check["ok"] for check in results["checks"]) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child_main(args)
+    try:
+        return run(args)
+    except (RuntimeError, OSError, subprocess.SubprocessError, redis.RedisError) as exc:
+        print(f"benchmark could not run: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the server and processes were stopped", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

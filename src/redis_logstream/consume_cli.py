@@ -1,0 +1,274 @@
+"""``consume``: the one implementation behind ``redis-logstream consume`` and
+``manage.py consume_logs``.
+
+Both add the same arguments (:func:`add_arguments`), read an optional TOML
+file (:func:`load_config`: the same keys, the command line winning, and a
+``[consumer_config]`` table for a class callback's constructor) and call
+:func:`run`, which imports the callback, installs the SIGINT/SIGTERM
+handlers and runs :func:`redis_logstream.consume`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover  (the project is tested on 3.11)
+    import tomli as tomllib
+
+from .cmdline import USAGE, CommandFailed, check_context
+from .consumer import DEFAULT_BLOCK_MS, consume
+from .entries import EntryFilter, parse_level
+
+__all__ = ["DESCRIPTION", "ConsumeRequest", "add_arguments", "epilog", "load_config", "run"]
+
+DESCRIPTION = """\
+Process log records as they arrive: read the streams of the given contexts
+(or the site-wide global stream) as one consumer of a Redis Streams consumer
+group, call CALLBACK for each record, and acknowledge the record once the
+callback returns.  Runs until SIGINT or SIGTERM (finishing the record in
+hand), or until the callback stops it.
+
+Every consumer of a group gets a share of the records, each record going to
+one of them; every group gets all of them.  A record is handled at least
+once: one whose consumer crashed before acknowledging it is handled again,
+by the same consumer restarted or by another of its group once it has been
+pending CLAIM_AFTER seconds.
+
+CALLBACK is package.module:name, a function taking one record, or a class
+(instantiated once, with the [consumer_config] table of --config as keyword
+arguments, then called for each record).  It raises
+redis_logstream.consumers.Nack to have a record offered again later (after
+--max-retries it goes to the group's dead-letter stream), Drop to skip it,
+HaltConsumer(exit_code) to stop.  Any other exception stops the consumer
+with status 1, the record still pending."""
+
+EPILOG = """\
+CONFIGURATION FILE
+  --config FILE.toml holds the same settings as the options, by their long
+  names with underscores, plus a table for a class callback:
+
+      callback = "alerts.consumers:PageOnError"
+      group = "alerts"
+      global = true
+      level = "ERROR"
+      url = "redis://10.0.0.5:6379/0"
+
+      [consumer_config]
+      webhook = "https://chat.example.com/hooks/T0001"
+
+  Options given on the command line win over the file.
+
+EXIT STATUS
+  0 after SIGINT or SIGTERM, or when the callback raises HaltConsumer();
+  the callback's HaltConsumer(exit_code) otherwise; 1 when the callback
+  raised anything else; 2 for an invalid argument, file or callback.
+
+EXAMPLES
+{extra}  Page someone for every error of the site (one group, any number of copies):
+      {prog} --global --group alerts --level ERROR --callback alerts.consumers:page
+
+  Archive everything, from the oldest record the stream still holds:
+      {prog} --global --group archive --from-start --callback archive:Writer
+
+  Run as configured in a file (as the systemd unit does):
+      {prog} --config /etc/redis-logstream/alerts.toml
+"""
+
+#: The settings a --config file may hold, with their types.
+_KEYS: dict[str, type | tuple[type, ...]] = {
+    "callback": str, "url": str, "contexts": list, "global": bool, "group": str,
+    "consumer": str, "from_start": bool, "level": (str, int), "logger": str,
+    "batch": int, "claim_after": (int, float), "retry_after": (int, float),
+    "max_retries": int, "consumer_config": dict,
+}  # fmt: skip
+
+
+def epilog(prog: str, extra: str = "") -> str:
+    """CONFIGURATION FILE, EXIT STATUS and EXAMPLES of --help."""
+    return EPILOG.format(prog=prog, extra=extra)
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, site: bool) -> None:
+    """The arguments of consume_logs and ``redis-logstream consume``."""
+    parser.add_argument(
+        "contexts", nargs="*", metavar="CONTEXT",
+        help="a log context whose stream to read (several may be given); "
+        "give CONTEXT, --global or both",
+    )  # fmt: skip
+    parser.add_argument(
+        "--global", dest="global_stream", action="store_true", default=None,
+        help="read the site-wide stream, which holds every record",
+    )  # fmt: skip
+    parser.add_argument(
+        "--callback", metavar="MODULE:NAME",
+        help="what to call for each record: package.module:function or :Class",
+    )  # fmt: skip
+    parser.add_argument("--group", metavar="NAME", help="the consumer group (required)")
+    parser.add_argument(
+        "--consumer", metavar="NAME",
+        help="this consumer's name in the group; keep it across restarts to get back "
+        "what it left pending at once (default: <host>-<pid>)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--from-start", action="store_true", default=None,
+        help="a new group begins with the oldest record the streams hold (default: "
+        "with records arriving from now on); an existing group goes on where it was",
+    )  # fmt: skip
+    parser.add_argument(
+        "--level", metavar="LEVEL",
+        help="only records at LEVEL or above reach the callback; the others are "
+        "acknowledged and counted as skipped (default: every level)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--logger", metavar="PREFIX",
+        help="only records of the logger PREFIX and its children reach the callback",
+    )  # fmt: skip
+    tuning = parser.add_argument_group("tuning")
+    tuning.add_argument("--batch", type=int, metavar="N",
+                        help="records read per round trip (default: 100)")  # fmt: skip
+    tuning.add_argument(
+        "--claim-after", type=float, metavar="SECONDS",
+        help="take over records another consumer has left pending this long (default: 60)",
+    )  # fmt: skip
+    tuning.add_argument(
+        "--retry-after", type=float, metavar="SECONDS",
+        help="delay before a Nack'ed record is offered again (default: 5)",
+    )  # fmt: skip
+    tuning.add_argument(
+        "--max-retries", type=int, metavar="N",
+        help="Nacks before a record goes to the dead-letter stream (default: 5)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--config", metavar="FILE.toml", type=Path,
+        help="read these settings from a TOML file (see CONFIGURATION FILE)",
+    )  # fmt: skip
+    if not site:
+        parser.add_argument(
+            "--url",
+            help="the Redis to read (any URL the handler takes; default: $REDIS_URL)",
+        )
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """The settings of a --config file, checked; CommandFailed (status 2) says why not."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CommandFailed(f"cannot read {path}: {exc.strerror or exc}", USAGE) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CommandFailed(f"{path} is not valid TOML: {exc}", USAGE) from None
+    for key, value in data.items():
+        expected = _KEYS.get(key)
+        if expected is None:
+            known = ", ".join(sorted(_KEYS))
+            raise CommandFailed(f"{path}: unknown setting {key!r} (known: {known})", USAGE)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise CommandFailed(f"{path}: {key} has the wrong type ({value!r})", USAGE)
+    return data
+
+
+@dataclass(frozen=True)
+class ConsumeRequest:
+    """What to consume and how, from the command line and the file."""
+
+    callback: str
+    group: str
+    contexts: tuple[str, ...] = ()
+    include_global: bool = False
+    consumer: str | None = None
+    from_start: bool = False
+    url: str | None = None
+    filter: EntryFilter = field(default_factory=EntryFilter)
+    tuning: Mapping[str, Any] = field(default_factory=dict)
+    consumer_config: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> ConsumeRequest:
+        """Merge the file (if any) under the command line; check everything."""
+        merged: dict[str, Any] = {}
+        if options.get("config") is not None:
+            merged.update(load_config(Path(options["config"])))
+            merged["global_stream"] = merged.pop("global", None)
+        given = {k: v for k, v in options.items() if v not in (None, [])}
+        merged.update(given)
+        for required in ("callback", "group"):
+            if not merged.get(required):
+                raise CommandFailed(f"give --{required} (or set it in --config)", USAGE)
+        contexts = tuple(check_context(c) for c in merged.get("contexts") or ())
+        if not contexts and not merged.get("global_stream"):
+            raise CommandFailed("give a CONTEXT to read, --global, or both", USAGE)
+        level = merged.get("level")
+        try:
+            min_level = None if level is None else parse_level(str(level))
+        except ValueError as exc:
+            raise CommandFailed(str(exc), USAGE) from None
+        tuning = {k: merged[k] for k in ("batch", "claim_after", "retry_after", "max_retries")
+                  if merged.get(k) is not None}  # fmt: skip
+        return cls(
+            callback=merged["callback"], group=merged["group"], contexts=contexts,
+            include_global=bool(merged.get("global_stream")), consumer=merged.get("consumer"),
+            from_start=bool(merged.get("from_start")), url=merged.get("url"),
+            filter=EntryFilter(min_level, merged.get("logger") or None), tuning=tuning,
+            consumer_config=merged.get("consumer_config") or {},
+        )  # fmt: skip
+
+
+def import_callback(path: str) -> Callable[..., Any]:
+    """``package.module:name`` -> the object; CommandFailed (status 2) says why not."""
+    module_name, colon, name = path.partition(":")
+    if not colon or not module_name or not name:
+        raise CommandFailed(f"--callback {path!r}: give it as package.module:name", USAGE)
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in name.split("."):
+            target = getattr(target, part)
+    except ImportError as exc:
+        message = f"--callback {path!r}: cannot import {module_name}: {exc}"
+        raise CommandFailed(message, USAGE) from None
+    except AttributeError:
+        raise CommandFailed(f"--callback {path!r}: {module_name} has no {name}", USAGE) from None
+    if not callable(target):
+        raise CommandFailed(f"--callback {path!r} is not callable", USAGE)
+    return target
+
+
+def run(request: ConsumeRequest, **connection: Any) -> int:
+    """Consume until a signal or the callback says stop; return the status.
+
+    ``connection``: ``url``/``connection``/``client`` as for the handler
+    (the request's own ``url`` wins).
+    """
+    callback = import_callback(request.callback)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    if not logging.getLogger().handlers and not logging.getLogger("redis_logstream").handlers:
+        logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(message)s")  # fmt: skip
+    if request.url:
+        connection = {"url": request.url}
+    try:
+        return consume(
+            callback, group=request.group, contexts=request.contexts,
+            include_global=request.include_global, consumer=request.consumer,
+            start="0" if request.from_start else "$", block_ms=DEFAULT_BLOCK_MS,
+            match=request.filter if request.filter.active else None,
+            callback_config=dict(request.consumer_config) or None, stop=stop,
+            **request.tuning, **connection,
+        )  # fmt: skip
+    except (TypeError, ValueError) as exc:
+        raise CommandFailed(" ".join(str(exc).split()), USAGE) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,360 @@
+"""Processing records with a Redis Streams consumer group.
+
+:func:`consume` reads the chosen streams with ``XREADGROUP`` and calls a
+callback for each record; the record is acknowledged once the callback has
+returned.  The guarantees are those of a consumer group:
+
+- Each group sees every record; inside a group each record goes to one
+  consumer.  Several consumers of one group share the work; several groups
+  (an alerter, an archiver) each get everything.
+- At least once: a record is acknowledged only after it was handled, so a
+  consumer that crashes (even ``kill -9``) leaves its records pending; the
+  same consumer restarted reads them again first, and any other consumer of
+  the group claims them (``XAUTOCLAIM``) once they have waited
+  ``claim_after`` seconds.  A crash between handling and acknowledging
+  gives that record a second delivery: acknowledgements are sent once per
+  batch, with the next read, so at most one batch is handled twice.
+- Streams are capped: a group that falls further behind than
+  ``stream_maxlen`` loses the oldest records to trimming.  The consumer
+  notices (from the group's read counter and the stream's added counter,
+  Redis 7) and says how many, once per occurrence.
+
+The exceptions a callback raises to say otherwise (Nack, Drop,
+HaltConsumer) are in :mod:`redis_logstream.consumers`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import inspect
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+from redis.exceptions import RedisClusterException
+
+from .conf import resolve_options
+from .connection import client_factory, names_for
+from .consumers import Drop, HaltConsumer, LogEntry, Nack
+from .context import INTERNAL, user_id_context
+from .diagnostics import report
+from .groups import GroupStreams
+from .naming import Names
+from .reader import READ_MARGIN
+from .topology import clone
+
+__all__ = ["Consumer", "consume", "default_consumer_name"]
+
+DEFAULT_BLOCK_MS = 2000
+CLIENT_NAME = "redis_logstream:consumer"
+_BACKOFF_FIRST, _BACKOFF_CAP = 0.1, 5.0
+_COUNTERS = ("handled", "acked", "nacked", "dropped", "dead_lettered", "claimed", "missed",
+             "skipped")  # fmt: skip
+
+
+def default_consumer_name() -> str:
+    """``<host>-<pid>``: unique per process, readable in ``XINFO CONSUMERS``."""
+    return f"{os.environ.get('HOSTNAME') or socket.gethostname()}-{os.getpid()}"
+
+
+class Consumer:
+    """One consumer of a group, reading ``streams`` and calling ``callback``.
+
+    ``run()`` blocks until :meth:`stop` is called (from a signal handler or
+    another thread), the callback raises HaltConsumer or an unexpected
+    exception; it returns the exit status.  ``match`` (an EntryFilter, say)
+    lets records through to the callback; the others are acknowledged and
+    counted as ``skipped``.
+    """
+
+    def __init__(
+        self,
+        callback: Callable[[LogEntry], Any],
+        *,
+        client: Any,
+        names: Names,
+        streams: list[str],
+        group: str,
+        consumer: str | None = None,
+        start: str = "$",
+        batch: int = 100,
+        block_ms: int = DEFAULT_BLOCK_MS,
+        claim_after: float = 60.0,
+        retry_after: float = 5.0,
+        max_retries: int = 5,
+        dead_letter: str | None = None,
+        match: Callable[[LogEntry], bool] | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        if not streams:
+            raise ValueError("give at least one stream: contexts, or include_global=True")
+        if not isinstance(group, str) or not group:
+            raise ValueError(f"group must be a non-empty str, not {group!r}")
+        for name, value in (("batch", batch), ("block_ms", block_ms), ("max_retries", max_retries)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, not {value!r}")
+        self.callback = callback
+        self.name = consumer or default_consumer_name()
+        self.group = group
+        dead = dead_letter or f"{names.stream_prefix}{names.channel_prefix}/dead-letter/{group}"
+        self.streams = GroupStreams(client, streams, group, self.name, dead_letter=dead)
+        self.start_id = start
+        self.batch = batch
+        self.block_ms = block_ms
+        self.claim_after = claim_after
+        self.retry_after = retry_after
+        self.max_retries = max_retries
+        self.match = match
+        self.counts = dict.fromkeys(_COUNTERS, 0)
+        self.status = 0
+        self._stopping = stop or threading.Event()
+        self._acks: dict[str, list[str]] = {}
+        self._retries: list[tuple[float, int, LogEntry]] = []  # (due, tie-break, entry)
+        self._attempts: dict[tuple[str, str], int] = {}
+        self._sequence = 0
+
+    # -- control -----------------------------------------------------------
+
+    def stop(self) -> None:
+        """Finish the record in hand, acknowledge what was handled, return 0."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def stats(self) -> dict[str, int]:
+        """handled, acked, nacked, dropped, dead_lettered, claimed, missed, skipped."""
+        return dict(self.counts)
+
+    # -- the loop ----------------------------------------------------------
+
+    def run(self) -> int:
+        """Consume until stopped; return the exit status.
+
+        What the callback logs is kept out of every RedisLogHandler of the
+        process (the internal context): a consumer of the global stream
+        would otherwise read its own output, and react to it, forever.
+        """
+        token = user_id_context.set(INTERNAL)
+        try:
+            self._connect()
+            next_claim = 0.0
+            while not self.stopping:
+                try:
+                    if time.monotonic() >= next_claim:
+                        claimed = self.streams.claim(self.claim_after, self.batch)
+                        self._handle_all(claimed, claimed=True)
+                        next_claim = time.monotonic() + max(0.5, self.claim_after / 2)
+                    self._note_missed(self.streams.missed())
+                    self._retry_due()
+                    rows = self.streams.read(self._take_acks(), self.batch, self._block())
+                    self._handle_all(rows)
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    self._wait_for_redis(exc)
+        finally:
+            self._finish()
+            user_id_context.reset(token)
+        return self.status
+
+    def _connect(self) -> None:
+        delay = 0.0
+        while not self.stopping:
+            try:
+                self.streams.create_groups(self.start_id)
+                # What this consumer name left pending last time comes first.
+                self._handle_all(self.streams.own_pending(self.batch))
+                return
+            except (redis.ConnectionError, redis.TimeoutError, RedisClusterException) as exc:
+                delay = self._backoff(delay, exc)
+
+    def _wait_for_redis(self, exc: Exception) -> None:
+        delay = self._backoff(0.0, exc)
+        while not self.stopping:
+            try:
+                self.streams.ping()
+                report(logging.INFO, "redis_logstream consumer %s: Redis is back", self.name)
+                return
+            except (redis.ConnectionError, redis.TimeoutError, RedisClusterException) as again:
+                delay = self._backoff(delay, again, quiet=True)
+
+    def _backoff(self, delay: float, exc: Exception, quiet: bool = False) -> float:
+        if not quiet and not delay:
+            report(logging.WARNING, "redis_logstream consumer %s: cannot reach Redis (%s); "
+                   "retrying", self.name, " ".join(str(exc).split()))  # fmt: skip
+        delay = min(_BACKOFF_CAP, (delay or _BACKOFF_FIRST) * 2)
+        self._stopping.wait(delay)
+        return delay
+
+    def _block(self) -> int:
+        if not self._retries:
+            return self.block_ms
+        wait = self._retries[0][0] - time.monotonic()
+        return max(1, min(self.block_ms, int(wait * 1000)))
+
+    def _handle_all(self, rows: Iterable[LogEntry], claimed: bool = False) -> None:
+        for entry in rows:
+            if claimed:
+                self.counts["claimed"] += 1
+            if self.stopping:
+                return  # left pending: this consumer restarted, or another, gets it
+            self._handle(entry)
+
+    def _handle(self, entry: LogEntry) -> None:
+        if self.match is not None and not self.match(entry):
+            self.counts["skipped"] += 1
+            self._ack(entry)
+            return
+        try:
+            self.callback(entry)
+        except Nack as nack:
+            self._nack(entry, nack)
+        except Drop:
+            self.counts["dropped"] += 1
+            self._ack(entry)
+        except HaltConsumer as halt:
+            if halt.ack:
+                self._ack(entry)
+            self.status = halt.exit_code
+            self.stop()
+        except Exception:
+            report(
+                logging.ERROR,
+                "consumer %s: the callback failed on %s %s; the record stays pending and "
+                "the consumer stops", self.name, entry.stream, entry.id, exc_info=True,
+            )  # fmt: skip
+            self.status = 1
+            self.stop()
+        else:
+            self.counts["handled"] += 1
+            self._ack(entry)
+
+    def _nack(self, entry: LogEntry, nack: Nack) -> None:
+        self.counts["nacked"] += 1
+        key = (entry.stream, entry.id)
+        attempts = self._attempts.get(key, 0) + 1
+        if attempts > self.max_retries:
+            self._attempts.pop(key, None)
+            self.streams.dead_letter(entry, attempts, str(nack))
+            self.counts["dead_lettered"] += 1
+            self._ack(entry)
+            report(
+                logging.WARNING, "consumer %s: %s %s refused %d times (%s); moved to %s",
+                self.name, entry.stream, entry.id, attempts, nack, self.streams.dead,
+            )  # fmt: skip
+            return
+        self._attempts[key] = attempts
+        delay = self.retry_after if nack.retry_after is None else nack.retry_after
+        self._sequence += 1
+        heapq.heappush(self._retries, (time.monotonic() + delay, self._sequence, entry))
+
+    def _retry_due(self) -> None:
+        now = time.monotonic()
+        while self._retries and self._retries[0][0] <= now and not self.stopping:
+            _due, _seq, entry = heapq.heappop(self._retries)
+            self._handle(entry)
+
+    def _ack(self, entry: LogEntry) -> None:
+        self._attempts.pop((entry.stream, entry.id), None)
+        self._acks.setdefault(entry.stream, []).append(entry.id)
+
+    def _take_acks(self) -> dict[str, list[str]]:
+        acks, self._acks = self._acks, {}
+        self.counts["acked"] += sum(map(len, acks.values()))
+        return acks
+
+    def _note_missed(self, missed: dict[str, int]) -> None:
+        for stream, count in missed.items():
+            self.counts["missed"] += count
+            report(
+                logging.WARNING,
+                "consumer %s: %d records of %s were trimmed before group %s read them "
+                "(the stream is capped at stream_maxlen; consumers fell behind)",
+                self.name, count, stream, self.group,
+            )  # fmt: skip
+
+    def _finish(self) -> None:
+        """Acknowledge what was handled; close a class callback."""
+        acks = self._take_acks()
+        if acks:
+            try:
+                self.streams.ack(acks)
+            except (redis.RedisError, RedisClusterException) as exc:
+                self.counts["acked"] -= sum(map(len, acks.values()))
+                report(logging.WARNING, "consumer %s: could not acknowledge %d handled records "
+                       "(%s); they will be delivered again", self.name,
+                       sum(map(len, acks.values())), exc)  # fmt: skip
+        close = getattr(self.callback, "close", None)
+        if callable(close):
+            close()
+        counts = ", ".join(f"{name} {count}" for name, count in self.counts.items())
+        report(logging.INFO, "consumer %s of group %s stopped with status %d: %s",
+               self.name, self.group, self.status, counts)  # fmt: skip
+
+
+def consume(
+    callback: Callable[[LogEntry], Any] | type,
+    *,
+    group: str,
+    contexts: Iterable[str] | None = None,
+    include_global: bool = False,
+    consumer: str | None = None,
+    connection: str | None = None,
+    url: str | None = None,
+    client: Any = None,
+    start: str = "$",
+    batch: int = 100,
+    block_ms: int = DEFAULT_BLOCK_MS,
+    claim_after: float = 60.0,
+    retry_after: float = 5.0,
+    max_retries: int = 5,
+    match: Callable[[LogEntry], bool] | None = None,
+    callback_config: dict[str, Any] | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Call ``callback(entry)`` for each record of the chosen streams, as
+    consumer ``consumer`` of ``group``; return the exit status.
+
+    ``callback`` may be a class: it is instantiated once with
+    ``callback_config`` as keyword arguments, then called.  The Redis is
+    found as the handler finds it (``client``, ``url``, else the cache alias
+    ``connection`` or ``settings.REDIS_LOGSTREAM``), and so are the names.
+    ``start`` is where a new group begins: ``"$"`` new records only, ``"0"``
+    everything the streams still hold.  ``stop``, when set, stops the
+    consumer as :meth:`Consumer.stop` does.
+    """
+    redis_client, names = consumer_client(connection, url, client, block_ms)
+    streams = [names.stream(context) for context in (contexts or ())]
+    if include_global:
+        streams.append(names.global_stream)
+    if inspect.isclass(callback):
+        callback = callback(**(callback_config or {}))
+    elif callback_config:
+        raise ValueError("callback_config is for a class callback; this one is a function")
+    worker = Consumer(
+        callback, client=redis_client, names=names, streams=streams, group=group,
+        consumer=consumer, start=start, batch=batch, block_ms=block_ms,
+        claim_after=claim_after, retry_after=retry_after, max_retries=max_retries, match=match,
+        stop=stop,
+    )  # fmt: skip
+    return worker.run()
+
+
+def consumer_client(
+    connection: str | None, url: str | None, client: Any, block_ms: int
+) -> tuple[Any, Names]:
+    """The consumer's own client (found as the handler's is) and the names.
+
+    Its read timeout outlasts a blocking read; redis-py's retries stay off.
+    """
+    overrides = {k: v for k, v in (("connection", connection), ("url", url),
+                                   ("client", client)) if v is not None}  # fmt: skip
+    options = resolve_options(overrides)
+    base = client_factory(options)()
+    timeout = block_ms / 1000 + READ_MARGIN
+    return clone(base, CLIENT_NAME, socket_timeout=timeout), names_for(options)
