@@ -26,6 +26,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover  (the project is tested on 3.11)
     import tomli as tomllib
 
+import redis
+from redis.exceptions import RedisClusterException
+
 from .cmdline import USAGE, CommandFailed, check_context
 from .consumer import DEFAULT_BLOCK_MS, consume
 from .entries import EntryFilter, parse_level
@@ -269,6 +272,8 @@ def run(request: ConsumeRequest, **connection: Any) -> int:
         )  # fmt: skip
     except (TypeError, ValueError) as exc:
         raise CommandFailed(" ".join(str(exc).split()), USAGE) from None
+    except (redis.RedisError, RedisClusterException) as exc:
+        raise CommandFailed(f"error from Redis: {' '.join(str(exc).split())}") from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -155,7 +155,7 @@ class Consumer:
                     self._retry_due()
                     rows = self.streams.read(self._take_acks(), self.batch, self._block())
                     self._handle_all(rows)
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                except (redis.ConnectionError, redis.TimeoutError, RedisClusterException) as exc:
                     self._wait_for_redis(exc)
         finally:
             self._finish()
@@ -250,6 +250,8 @@ class Consumer:
             return
         self._attempts[key] = attempts
         delay = self.retry_after if nack.retry_after is None else nack.retry_after
+        # Pending longer than claim_after, another consumer would take it too.
+        delay = min(delay, self.claim_after / 2)
         self._sequence += 1
         heapq.heappush(self._retries, (time.monotonic() + delay, self._sequence, entry))
 
