@@ -24,7 +24,7 @@ PYTHON ?= $(shell for p in python3.11 python3; do \
 
 PYTEST_ARGS ?=
 
-.PHONY: venv install test lint demo bench bench-viewers bench-cluster soak tools clean distclean
+.PHONY: venv install test lint demo bench bench-viewers bench-cluster bench-consumer soak tools clean distclean
 
 venv install: $(STAMP)
 
@@ -97,6 +97,9 @@ bench-viewers: install tools
 
 bench-cluster: install tools
 	$(VENV_PY) bench/bench_cluster.py
+
+bench-consumer: install tools
+	$(VENV_PY) bench/bench_consumer.py
 
 soak: install tools
 	$(VENV_PY) bench/soak.py

@@ -5,52 +5,48 @@ Run from the repository root::
     .venv/bin/python bench/bench_consumer.py [--quick] [--records 200000] [--rounds 3]
                                              [--profile] [--out bench/out]
 
-The issue asks what ``redis_logstream.Consumer`` costs by itself: how many
-records/s one consumer, then two consumers of one group, get through with a
-callback that does nothing (``lambda entry: None``), each record
-acknowledged (XACK pipelined with the next XREADGROUP, as the consumer does).
-The goal is at least 20,000 records/s for one consumer on this machine.
+What ``redis_logstream.Consumer`` costs by itself: records/s for one consumer,
+then two consumers of one group, with a callback that does nothing
+(``lambda entry: None``), every record acknowledged (XACK pipelined with the
+next XREADGROUP, as the consumer does).  The issue's goal: at least 20,000
+records/s for one consumer on this machine.
 
 A private ``redis-server`` (bench/private_redis.py) is filled once with
-``--records`` records in one context stream (``stream:logs:bench.consumer``),
-by pipelined XADD of the handler's wire format: every record's JSON is built
-by the handler's own encoder (``redis_logstream.wire.Encoder``), so each
-carries message, level, levelno, timestamp, logger, context, pod and pid;
-messages, loggers and levels vary from record to record.  Each round then
-creates a fresh group at ``0`` on that stream (``ENTRIESREAD 0``) and starts
-the consumers, each in a process of its own (this script with ``--child``: a
-thread would share the GIL).  A child builds its Consumer (batch as given,
-``block_ms`` 200 so that it stops quickly once the stream is drained),
-pings Redis, says ``ready`` and waits for ``go <time>``; every child starts
-at that time.  This process polls ``XINFO GROUPS`` every 5 ms: the round ends
-when the group's entries-read equals the stream's length and nothing is
-pending.  Records/s = records / (end - start).
+``--records`` records in one stream, ``stream:logs:bench.consumer``, by
+pipelined XADD (field ``data``) of the wire JSON built by the handler's own
+encoder (``redis_logstream.wire.Encoder``: message, level, levelno,
+timestamp, logger, context, pod, pid; messages, loggers and levels vary).
+Each round creates a fresh group at ``0`` (``ENTRIESREAD 0``) and starts the
+consumers, each in its own process (this script, ``--child``: threads would
+share the GIL), with default options but ``block_ms`` 200 (to stop soon once
+drained); all start at the same ``go`` time, connected.  This process polls
+``XINFO GROUPS`` every 5 ms: the round ends when entries-read = the stream's
+length and nothing is pending.  Records/s = records / (end - start).
 
-Configurations: one consumer with the default batch (100), one consumer with
-batch 500, two consumers of one group with batch 100.  Rounds are
-interleaved (``--rounds`` of each, 1 with ``--quick``) and the table gives
-medians: on a shared two-core machine wall-clock drifts by tens of percent.
-consumer us/rec is the CPU of every consumer process (``time.process_time``
-from start to stop) per record; redis us/rec is redis-server's (INFO CPU,
-user + sys; the 5 ms polling is included, a few percent at most).
+Configurations: one consumer, batch 100 (the default) and batch 500; two
+consumers, batch 100.  ``--rounds`` interleaved rounds of each (1 with
+``--quick``); the table gives medians, as wall-clock on a shared two-core
+machine drifts by tens of percent.  consumer us/rec: CPU of all consumer
+processes (``time.process_time``, start to stop) per record; redis us/rec:
+redis-server's (INFO CPU, user + sys, the 5 ms polling included).
 
-Correctness, every round: each child handled and acknowledged what it was
-given, nothing was claimed, refused or missed, the children's handled counts
-add up to the stream's length, and the group then has entries-read = length,
-lag 0, no pending entry and its last-delivered-id at the stream's last id.
-XREADGROUP ``>`` delivers an entry to one consumer once, so these counts
-mean every record was delivered once.
+Correctness, every round: each child acked all it handled, claimed, refused,
+skipped and missed nothing, exited 0; the handled counts add up to the
+stream's length; the group has entries-read = length, lag 0, nothing pending,
+last-delivered-id = the stream's last id (XREADGROUP ``>`` gives an entry to
+one consumer once): every record was delivered exactly once.
 
-Thresholds (exit status 1): the one-consumer, batch-100 median is at least
-20,000 records/s, and no round lost or duplicated a record.  Exit status 2:
-Redis or a consumer process could not start.  ``--profile`` adds one round of
-one consumer under cProfile (not in the medians) and prints where its time
-went.  Raw figures: ``<out>/consumer/results.json``.
+Thresholds (exit status 1): the one-consumer batch-100 median >= 20,000
+records/s; no record missing or duplicated.  Exit status 2: Redis or a
+consumer process could not start, or a group did not drain.  ``--profile``:
+one more round of one consumer under cProfile (not in the medians), its top
+functions printed.  Raw figures: ``<out>/consumer/results.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import logging
 import os
@@ -91,13 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="20,000 records, 1 round")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out",
                         help="results go to <out>/consumer/results.json (default: bench/out)")
-    # Internal: one consumer process.
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--url", help=argparse.SUPPRESS)
-    parser.add_argument("--group", help=argparse.SUPPRESS)
-    parser.add_argument("--name", help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, default=100, help=argparse.SUPPRESS)
-    parser.add_argument("--pstats", help=argparse.SUPPRESS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # internal:
+    for internal in ("--url", "--group", "--name", "--batch", "--pstats"):  # one consumer
+        parser.add_argument(internal, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.records, args.rounds = 20_000, 1
@@ -106,19 +98,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def say(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-
-
 def child_main(args: argparse.Namespace) -> int:
     """One consumer: build it, say ready, start at ``go``, run until ``stop``."""
     client, names = consumer_client(None, args.url, None, 200)
     worker = Consumer(lambda entry: None, client=client, names=names,
                       streams=[names.stream(CONTEXT)], group=args.group, consumer=args.name,
-                      start="0", batch=args.batch, block_ms=200)
+                      start="0", batch=int(args.batch), block_ms=200)
     client.ping()
-    say({"ready": True})
+    print(json.dumps({"ready": True}), flush=True)
     start = float(sys.stdin.readline().split()[1])
 
     def wait_for_stop() -> None:
@@ -127,32 +114,25 @@ def child_main(args: argparse.Namespace) -> int:
 
     threading.Thread(target=wait_for_stop, daemon=True).start()
     time.sleep(max(0.0, start - time.time()))
-    profile = None
-    if args.pstats:
-        import cProfile
-
-        profile = cProfile.Profile()
-        profile.enable()
+    profile = cProfile.Profile() if args.pstats else None
     cpu = time.process_time()
-    status = worker.run()
+    status = worker.run() if profile is None else profile.runcall(worker.run)
     cpu = time.process_time() - cpu
     if profile is not None:
-        profile.disable()
         profile.dump_stats(args.pstats)
-    say({"status": status, "cpu_s": round(cpu, 4), "stats": worker.stats()})
+    print(json.dumps({"status": status, "cpu_s": round(cpu, 4), "stats": worker.stats()}),
+          flush=True)
     return 0
 
 
 class Child:
     """One consumer process: JSON lines out, ``go <time>`` and ``stop`` in."""
 
-    def __init__(self, url: str, group: str, name: str, batch: int, pstats: str = "") -> None:
-        command = [sys.executable, str(Path(__file__).resolve()), "--child", "--url", url,
-                   "--group", group, "--name", name, "--batch", str(batch)]
-        if pstats:
-            command += ["--pstats", pstats]
-        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     env=child_env(), text=True)
+    def __init__(self, url: str, group: str, name: str, batch: int, profile_to: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--child", "--url", url, "--group",
+             group, "--name", name, "--batch", str(batch), "--pstats", profile_to],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_env(), text=True)
 
     def expect(self, timeout: float) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -168,7 +148,7 @@ class Child:
     def send(self, line: str) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
+        self.proc.stdin.flush()  # "go <time>", then "stop"
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -193,32 +173,29 @@ def fill(client: redis.Redis, key: str, records: int) -> int:
 
 
 def group_info(client: redis.Redis, key: str, group: str) -> dict[str, Any]:
-    found = [g for g in client.xinfo_groups(key) if g["name"] == group]
-    return found[0] if found else {}
+    return next((g for g in client.xinfo_groups(key) if g["name"] == group), {})
 
 
 def run_round(server: PrivateRedis, key: str, label: str, consumers: int, batch: int,
-              number: int, pstats: str = "") -> dict[str, Any]:
+              number: int, profile_to: str = "") -> dict[str, Any]:
     """A fresh group over the filled stream; the consumers drain it; the raw figures."""
     client, records = server.client, server.client.xlen(key)
     group = f"bench-{number}-{consumers}x{batch}"
     client.xgroup_create(key, group, id="0", entries_read=0)
-    children = [Child(server.url, group, f"c{k}", batch, pstats) for k in range(consumers)]
+    children = [Child(server.url, group, f"c{k}", batch, profile_to) for k in range(consumers)]
     try:
         for child in children:
             child.expect(60)
-        cpu = server.cpu_seconds()
-        start = time.time() + 0.3
+        cpu, start = server.cpu_seconds(), time.time() + 0.3
         for child in children:
             child.send(f"go {start!r}")
-        deadline = start + 600
         while True:
             time.sleep(POLL_S)
             info = group_info(client, key, group)
             if info.get("entries-read") == records and info.get("pending") == 0:
                 end = time.time()
                 break
-            if time.time() > deadline or any(c.proc.poll() is not None for c in children):
+            if time.time() > start + 600 or any(c.proc.poll() is not None for c in children):
                 raise RuntimeError(f"{label} batch {batch}: the group did not drain ({info})")
         cpu = server.cpu_seconds() - cpu
         for child in children:
@@ -303,14 +280,6 @@ def check_thresholds(results: dict[str, Any]) -> list[dict[str, Any]]:
     return checks
 
 
-def profile_round(server: PrivateRedis, key: str, out: Path) -> None:
-    path = out / "profile.pstats"
-    r = run_round(server, key, "1 consumer", 1, 100, 99, str(path))
-    print(f"\nunder cProfile: {r['records_per_s']:,} records/s, {r['consumer_cpu_us_per_record']}"
-          f" us CPU/record; top functions by own time ({path}):")
-    pstats.Stats(str(path)).sort_stats("tottime").print_stats(18)
-
-
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     out: Path = args.out.resolve() / "consumer"
@@ -326,9 +295,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"redis-server {info['redis_server']} on port {server.port}; {info['nproc']} x "
               f"{info['cpu']}", flush=True)
         filling = time.monotonic()
-        raw = redis.Redis(host="127.0.0.1", port=server.port)
-        record_bytes = fill(raw, key, args.records)
-        raw.close()
+        record_bytes = fill(redis.Redis(host="127.0.0.1", port=server.port), key, args.records)
         print(f"filled {key} with {args.records:,} records in "
               f"{time.monotonic() - filling:.1f} s", flush=True)
         for number in range(args.rounds):
@@ -337,8 +304,11 @@ def run(args: argparse.Namespace) -> int:
                 rounds.append(r)
                 print(f"round {number + 1} {r['config']:<24} {r['records_per_s']:>8,} records/s"
                       f" in {r['seconds']:.2f} s, handled {r['handled']}", flush=True)
-        if args.profile:
-            profile_round(server, key, out)
+        if args.profile:  # one more round, under cProfile, out of the medians
+            r = run_round(server, key, "1 consumer", 1, 100, 99, str(out / "profile.pstats"))
+            print(f"\nunder cProfile: {r['records_per_s']:,} records/s, "
+                  f"{r['consumer_cpu_us_per_record']} us CPU/record; top functions by own time:")
+            pstats.Stats(str(out / "profile.pstats")).sort_stats("tottime").print_stats(18)
     finally:
         if server is not None:
             server.stop()
@@ -359,8 +329,7 @@ def run(args: argparse.Namespace) -> int:
           f"redis-py {info['redis_py']}, {info['nproc']} x {info['cpu']}")
     if source["changed_during_run"]:
         print("WARNING: the package's source changed during the run: the figures mix versions")
-    print(results["table"])
-    print()
+    print(results["table"] + "\n")
     for check in results["checks"]:
         print(f"{'PASS' if check['ok'] else 'FAIL'}  {check['check']}: {check['value']}")
     print(f"\nresults: {out / 'results.json'}  ({results['seconds']:.0f} s)")
