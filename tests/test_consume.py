@@ -189,7 +189,6 @@ def test_drop_acknowledges_without_handling(redis_url, log, context, redis_clien
         log(10)
         wait_for(lambda: r.stats["handled"] + r.stats["dropped"] == 10)
     assert (r.stats["handled"], r.stats["dropped"]) == (5, 5)
-    r.consumer.streams.ack(r.consumer._take_acks())
     assert pending(redis_client, f"stream:logs:{context}", "evens") == 0
 
 
@@ -336,3 +335,25 @@ def test_consume_calls_a_class_callback_built_once_with_its_config(redis_url, lo
 def test_consume_checks_its_arguments(redis_url, options, message):
     with pytest.raises(ValueError, match=message):
         consume(print, url=redis_url, **options)
+
+
+def test_a_consumer_outlives_a_redis_restart_and_recreates_its_group(
+    handlers, own_redis, context, caplog
+):
+    handler = handlers(url=own_redis.url)
+    logger = fresh_logger(handler)
+
+    def log(*messages: str) -> None:
+        with log_context(context):
+            for message in messages:
+                logger.info(message)
+        assert handler.flush(10)
+
+    with Running(own_redis.url, context, "g") as r:
+        log("before")
+        wait_for(lambda: len(r.seen) == 1)
+        own_redis.restart()  # killed, back empty: no stream, no group
+        wait_for(lambda: "group g is gone" in caplog.text, timeout=10)
+        log("after")
+        wait_for(lambda: len(r.seen) == 2, timeout=10)
+    assert [e.message for e in r.seen] == ["before", "after"]

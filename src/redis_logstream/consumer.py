@@ -153,10 +153,16 @@ class Consumer:
                         next_claim = time.monotonic() + max(0.5, self.claim_after / 2)
                     self._note_missed(self.streams.missed())
                     self._retry_due()
-                    rows = self.streams.read(self._take_acks(), self.batch, self._block())
-                    self._handle_all(rows)
+                    self._handle_all(self._read())
                 except (redis.ConnectionError, redis.TimeoutError, RedisClusterException) as exc:
                     self._wait_for_redis(exc)
+                except redis.ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    report(logging.WARNING, "redis_logstream consumer %s: group %s is gone (Redis "
+                           "restarted empty?); creating it again from the start of the streams",
+                           self.name, self.group)  # fmt: skip
+                    self.streams.create_groups("0")
         finally:
             self._finish()
             user_id_context.reset(token)
@@ -265,10 +271,18 @@ class Consumer:
         self._attempts.pop((entry.stream, entry.id), None)
         self._acks.setdefault(entry.stream, []).append(entry.id)
 
-    def _take_acks(self) -> dict[str, list[str]]:
+    def _read(self) -> list[LogEntry]:
+        """New entries, the acknowledgements of the last batch sent with the
+        read; if that fails they are kept for the next attempt."""
         acks, self._acks = self._acks, {}
+        try:
+            rows = self.streams.read(acks, self.batch, self._block())
+        except BaseException:
+            for stream, ids in acks.items():
+                self._acks.setdefault(stream, [])[:0] = ids
+            raise
         self.counts["acked"] += sum(map(len, acks.values()))
-        return acks
+        return rows
 
     def _note_missed(self, missed: dict[str, int]) -> None:
         for stream, count in missed.items():
@@ -282,12 +296,12 @@ class Consumer:
 
     def _finish(self) -> None:
         """Acknowledge what was handled; close a class callback."""
-        acks = self._take_acks()
+        acks, self._acks = self._acks, {}
         if acks:
             try:
                 self.streams.ack(acks)
+                self.counts["acked"] += sum(map(len, acks.values()))
             except (redis.RedisError, RedisClusterException) as exc:
-                self.counts["acked"] -= sum(map(len, acks.values()))
                 report(logging.WARNING, "consumer %s: could not acknowledge %d handled records "
                        "(%s); they will be delivered again", self.name,
                        sum(map(len, acks.values())), exc)  # fmt: skip
