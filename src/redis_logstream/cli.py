@@ -18,6 +18,11 @@ from .cmdline import CommandFailed, silence_stdout, url_connection
 from .reader import DEFAULT_BLOCK_MS, StreamReader
 from .render import use_color
 
+try:  # tail --amqp needs the amqp extra
+    from . import amqp_tail
+except ImportError:  # pragma: no cover  (installed for the tests)
+    amqp_tail = None  # type: ignore[assignment]
+
 __all__ = ["build_parser", "main"]
 
 PROG = "redis-logstream"
@@ -76,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--force-color", dest="color", action="store_true",
         help="colour the output even when it is not a terminal",
     )  # fmt: skip
+    if amqp_tail is not None:
+        amqp_tail.add_arguments(tail_parser)
     tail_parser.set_defaults(run=run_tail)
 
     consume_parser = commands.add_parser(
@@ -93,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 def run_tail(args: argparse.Namespace) -> None:
     """``redis-logstream tail``: the connection from --url, the rest shared."""
     options = vars(args)
+    if getattr(args, "amqp", None) and amqp_tail is not None:
+        amqp_tail.run_tail(args, sys.stdout, sys.stderr, use_color(sys.stdout, args.color))
+        return
     request = tail.TailRequest.from_options(options)
     client, names = url_connection(args.url, options, DEFAULT_BLOCK_MS)
     reader = StreamReader(client, names, block_ms=DEFAULT_BLOCK_MS)

@@ -10,28 +10,28 @@ records later.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["DEFAULTS", "OVERFLOW_POLICIES", "Options", "resolve_options", "site_settings"]
+__all__ = [
+    "DEFAULTS",
+    "OVERFLOW_POLICIES",
+    "Options",
+    "ShippingOptions",
+    "resolve",
+    "resolve_options",
+    "site_settings",
+]
 
 OVERFLOW_POLICIES = ("drop-new", "drop-old")
 
 
 @dataclass(frozen=True)
-class Options:
-    """The resolved options of one handler (see docs/configuration.md)."""
+class ShippingOptions:
+    """What every handler shares, whatever its broker: the buffer, batching
+    and exit (see docs/configuration.md)."""
 
-    connection: str = "default"
-    url: str | None = None
-    client: Any = None
-    channel_prefix: str = "logs"
-    global_channel: str = "global"
-    stream_prefix: str = "stream:"
-    stream_maxlen: int = 1000
-    context_ttl: int | None = 3600
-    global_ttl: int | None = 86400
     queue_size: int = 10000
     overflow: str = "drop-new"
     batch_size: int = 500
@@ -39,15 +39,10 @@ class Options:
     shutdown_timeout: float = 2.0
     max_message_bytes: int = 65536
     socket_timeout: float = 2.0
-    cluster: bool | None = None
-    sharded_pubsub: bool = False
 
     def __post_init__(self) -> None:
-        _check_positive_int(self, "stream_maxlen", "queue_size", "batch_size")
+        _check_positive_int(self, "queue_size", "batch_size")
         _check_positive_int(self, "max_message_bytes", minimum=256)
-        for name in ("context_ttl", "global_ttl"):
-            if getattr(self, name) is not None:
-                _check_positive_int(self, name)
         for name in ("flush_interval", "shutdown_timeout", "socket_timeout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -58,6 +53,30 @@ class Options:
             raise ValueError(
                 f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, not {self.overflow!r}."
             )
+
+
+@dataclass(frozen=True)
+class Options(ShippingOptions):
+    """The resolved options of one RedisLogHandler (see docs/configuration.md)."""
+
+    connection: str = "default"
+    url: str | None = None
+    client: Any = None
+    channel_prefix: str = "logs"
+    global_channel: str = "global"
+    stream_prefix: str = "stream:"
+    stream_maxlen: int = 1000
+    context_ttl: int | None = 3600
+    global_ttl: int | None = 86400
+    cluster: bool | None = None
+    sharded_pubsub: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive_int(self, "stream_maxlen")
+        for name in ("context_ttl", "global_ttl"):
+            if getattr(self, name) is not None:
+                _check_positive_int(self, name)
         for name in ("channel_prefix", "global_channel", "stream_prefix", "connection"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
@@ -116,7 +135,8 @@ def site_setting(name: str) -> Any:
 
 
 def _unknown(name: str, source: str) -> TypeError:
-    close = difflib.get_close_matches(name.lower(), (*OPTION_NAMES, *SITE_DEFAULTS), n=1)
+    known = (*OPTION_NAMES, *SITE_DEFAULTS, *AMQP_SETTINGS)
+    close = difflib.get_close_matches(name.lower(), known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return TypeError(f"Unknown redis_logstream option {name!r} in {source}.{hint}")
 
@@ -135,21 +155,56 @@ def site_settings() -> dict[str, Any]:
     return {str(key).lower(): value for key, value in raw.items()}
 
 
+#: settings.REDIS_LOGSTREAM keys of the AMQP handler, and its option names.
+AMQP_SETTINGS: Mapping[str, str] = {
+    "amqp_url": "url",
+    "amqp_exchange": "exchange",
+    "amqp_exchange_durable": "exchange_durable",
+    "amqp_persistent": "persistent",
+}
+SHIPPING_NAMES = tuple(f.name for f in fields(ShippingOptions))
+#: Options of the Redis handler only: an AMQP handler ignores them in settings.
+REDIS_ONLY_NAMES = tuple(name for name in OPTION_NAMES if name not in SHIPPING_NAMES)
+
+
 def resolve_options(overrides: Mapping[str, Any] | None = None) -> Options:
     """Merge defaults, site settings and ``overrides``; raise on any bad name or value."""
-    site = {k: v for k, v in site_settings().items() if k not in SITE_DEFAULTS}
-    merged: dict[str, Any] = {}
-    for source, values in (
-        ("settings.REDIS_LOGSTREAM", site),
-        ("the handler's arguments", dict(overrides or {})),
-    ):
-        for name, value in values.items():
-            if name in SITE_DEFAULTS:
-                raise TypeError(
-                    f"{name!r} is a site setting, not a handler option: put "
-                    f"{name.upper()!r} in settings.REDIS_LOGSTREAM."
-                )
-            if name not in OPTION_NAMES:
-                raise _unknown(name, source)
-            merged[name] = value
-    return Options(**merged)
+    return resolve(Options, overrides, others=AMQP_SETTINGS.keys())
+
+
+def resolve(
+    options_class: type[Any],
+    overrides: Mapping[str, Any] | None,
+    *,
+    renamed: Mapping[str, str] | None = None,
+    others: Iterable[str] = (),
+) -> Any:
+    """``options_class`` from its defaults < site settings < ``overrides``.
+
+    Settings keys are renamed by ``renamed`` (``AMQP_URL`` is an AMQP
+    handler's ``url``); those in ``others`` belong to another handler and
+    are left alone.  Any other unknown name is a TypeError, a bad value a
+    ValueError.
+    """
+    names = {f.name for f in fields(options_class)}
+    renamed = renamed or {}
+    skipped = set(others) | set(SITE_DEFAULTS)
+    site = {}
+    for key, value in site_settings().items():
+        if key in skipped:
+            continue
+        key = renamed.get(key, key)
+        if key not in names:
+            raise _unknown(key, "settings.REDIS_LOGSTREAM")
+        site[key] = value
+    merged: dict[str, Any] = dict(site)
+    for name, value in dict(overrides or {}).items():
+        if name in SITE_DEFAULTS:
+            raise TypeError(
+                f"{name!r} is a site setting, not a handler option: put "
+                f"{name.upper()!r} in settings.REDIS_LOGSTREAM."
+            )
+        if name not in names:
+            raise _unknown(name, "the handler's arguments")
+        merged[name] = value
+    return options_class(**merged)

@@ -93,7 +93,7 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "callback": str, "url": str, "contexts": list, "global": bool, "group": str,
     "consumer": str, "from_start": bool, "level": (str, int), "logger": str,
     "batch": int, "claim_after": (int, float), "retry_after": (int, float),
-    "max_retries": int, "consumer_config": dict,
+    "max_retries": int, "consumer_config": dict, "amqp": str, "bind": list, "exchange": str,
 }  # fmt: skip
 
 
@@ -161,6 +161,19 @@ def add_arguments(parser: argparse.ArgumentParser, *, site: bool) -> None:
             "--url",
             help="the Redis to read (any URL the handler takes; default: $REDIS_URL)",
         )
+    rabbit = parser.add_argument_group(
+        "RabbitMQ", "Consume what an AmqpLogHandler publishes instead (the amqp extra): the "
+        "group is the durable queue <exchange>.<group>; Nack requeues after --retry-after.",
+    )  # fmt: skip
+    rabbit.add_argument("--amqp", metavar="URL",
+                        help="the broker: amqp://user:password@host:port/vhost")  # fmt: skip
+    rabbit.add_argument(
+        "--bind", metavar="PATTERN", action="append",
+        help="bind the group's queue with this topic pattern (repeatable; default: the "
+        "CONTEXTs' records, all records with --global)",
+    )  # fmt: skip
+    rabbit.add_argument("--exchange", metavar="NAME",
+                        help="the topic exchange (default: logs)")  # fmt: skip
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -195,6 +208,9 @@ class ConsumeRequest:
     filter: EntryFilter = field(default_factory=EntryFilter)
     tuning: Mapping[str, Any] = field(default_factory=dict)
     consumer_config: Mapping[str, Any] = field(default_factory=dict)
+    amqp: str | None = None
+    bind: tuple[str, ...] = ()
+    exchange: str = "logs"
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> ConsumeRequest:
@@ -209,7 +225,10 @@ class ConsumeRequest:
             if not merged.get(required):
                 raise CommandFailed(f"give --{required} (or set it in --config)", USAGE)
         contexts = tuple(check_context(c) for c in merged.get("contexts") or ())
-        if not contexts and not merged.get("global_stream"):
+        bind = tuple(merged.get("bind") or ())
+        if bind and not merged.get("amqp"):
+            raise CommandFailed("--bind goes with --amqp", USAGE)
+        if not contexts and not merged.get("global_stream") and not bind:
             raise CommandFailed("give a CONTEXT to read, --global, or both", USAGE)
         level = merged.get("level")
         try:
@@ -223,7 +242,8 @@ class ConsumeRequest:
             include_global=bool(merged.get("global_stream")), consumer=merged.get("consumer"),
             from_start=bool(merged.get("from_start")), url=merged.get("url"),
             filter=EntryFilter(min_level, merged.get("logger") or None), tuning=tuning,
-            consumer_config=merged.get("consumer_config") or {},
+            consumer_config=merged.get("consumer_config") or {}, amqp=merged.get("amqp"),
+            bind=bind, exchange=merged.get("exchange") or "logs",
         )  # fmt: skip
 
 
@@ -262,6 +282,8 @@ def run(request: ConsumeRequest, **connection: Any) -> int:
     if request.url:
         connection = {"url": request.url}
     try:
+        if request.amqp:
+            return _consume_amqp(request, callback, stop)
         return consume(
             callback, group=request.group, contexts=request.contexts,
             include_global=request.include_global, consumer=request.consumer,
@@ -277,3 +299,28 @@ def run(request: ConsumeRequest, **connection: Any) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _consume_amqp(request: ConsumeRequest, callback: Any, stop: threading.Event) -> int:
+    try:
+        import amqp
+
+        from .amqp_consumer import AmqpConsumer
+        from .amqp_routing import binding_key
+    except ImportError as exc:
+        raise CommandFailed(f"--amqp needs the amqp extra: {exc}", USAGE) from None
+    patterns = list(request.bind) or [binding_key(context=c) for c in request.contexts]
+    if request.include_global and not request.bind:
+        patterns = ["#"]
+    if isinstance(callback, type):
+        callback = callback(**request.consumer_config)
+    consumer = AmqpConsumer(
+        callback, url=request.amqp or "", group=request.group, patterns=patterns,
+        exchange=request.exchange, consumer=request.consumer,
+        batch=request.tuning.get("batch", 100), retry_after=request.tuning.get("retry_after", 5.0),
+        match=request.filter if request.filter.active else None, stop=stop,
+    )  # fmt: skip
+    try:
+        return consumer.run()
+    except amqp.exceptions.AMQPError as exc:
+        raise CommandFailed(f"the broker refused: {' '.join(str(exc).split())}") from None

@@ -40,12 +40,13 @@ from redis.exceptions import RedisClusterException
 
 from .conf import resolve_options
 from .connection import client_factory, names_for
-from .consumers import Drop, HaltConsumer, LogEntry, Nack
+from .consumers import LogEntry, Nack
 from .context import INTERNAL, user_id_context
 from .diagnostics import report
 from .groups import GroupStreams
 from .naming import Names
 from .reader import READ_MARGIN
+from .runner import CallbackRunner
 from .topology import clone
 
 __all__ = ["Consumer", "consume", "default_consumer_name"]
@@ -53,8 +54,6 @@ __all__ = ["Consumer", "consume", "default_consumer_name"]
 DEFAULT_BLOCK_MS = 2000
 CLIENT_NAME = "redis_logstream:consumer"
 _BACKOFF_FIRST, _BACKOFF_CAP = 0.1, 5.0
-_COUNTERS = ("handled", "acked", "nacked", "dropped", "dead_lettered", "claimed", "missed",
-             "skipped")  # fmt: skip
 
 
 def default_consumer_name() -> str:
@@ -62,7 +61,7 @@ def default_consumer_name() -> str:
     return f"{os.environ.get('HOSTNAME') or socket.gethostname()}-{os.getpid()}"
 
 
-class Consumer:
+class Consumer(CallbackRunner):
     """One consumer of a group, reading ``streams`` and calling ``callback``.
 
     ``run()`` blocks until :meth:`stop` is called (from a signal handler or
@@ -98,8 +97,7 @@ class Consumer:
         for name, value in (("batch", batch), ("block_ms", block_ms), ("max_retries", max_retries)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, not {value!r}")
-        self.callback = callback
-        self.name = consumer or default_consumer_name()
+        super().__init__(callback, consumer or default_consumer_name(), match=match, stop=stop)
         self.group = group
         dead = dead_letter or f"{names.stream_prefix}{names.channel_prefix}/dead-letter/{group}"
         self.streams = GroupStreams(client, streams, group, self.name, dead_letter=dead)
@@ -109,28 +107,10 @@ class Consumer:
         self.claim_after = claim_after
         self.retry_after = retry_after
         self.max_retries = max_retries
-        self.match = match
-        self.counts = dict.fromkeys(_COUNTERS, 0)
-        self.status = 0
-        self._stopping = stop or threading.Event()
         self._acks: dict[str, list[str]] = {}
         self._retries: list[tuple[float, int, LogEntry]] = []  # (due, tie-break, entry)
         self._attempts: dict[tuple[str, str], int] = {}
         self._sequence = 0
-
-    # -- control -----------------------------------------------------------
-
-    def stop(self) -> None:
-        """Finish the record in hand, acknowledge what was handled, return 0."""
-        self._stopping.set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
-
-    def stats(self) -> dict[str, int]:
-        """handled, acked, nacked, dropped, dead_lettered, claimed, missed, skipped."""
-        return dict(self.counts)
 
     # -- the loop ----------------------------------------------------------
 
@@ -211,37 +191,7 @@ class Consumer:
                 return  # left pending: this consumer restarted, or another, gets it
             self._handle(entry)
 
-    def _handle(self, entry: LogEntry) -> None:
-        if self.match is not None and not self.match(entry):
-            self.counts["skipped"] += 1
-            self._ack(entry)
-            return
-        try:
-            self.callback(entry)
-        except Nack as nack:
-            self._nack(entry, nack)
-        except Drop:
-            self.counts["dropped"] += 1
-            self._ack(entry)
-        except HaltConsumer as halt:
-            if halt.ack:
-                self._ack(entry)
-            self.status = halt.exit_code
-            self.stop()
-        except Exception:
-            report(
-                logging.ERROR,
-                "consumer %s: the callback failed on %s %s; the record stays pending and "
-                "the consumer stops", self.name, entry.stream, entry.id, exc_info=True,
-            )  # fmt: skip
-            self.status = 1
-            self.stop()
-        else:
-            self.counts["handled"] += 1
-            self._ack(entry)
-
     def _nack(self, entry: LogEntry, nack: Nack) -> None:
-        self.counts["nacked"] += 1
         key = (entry.stream, entry.id)
         attempts = self._attempts.get(key, 0) + 1
         if attempts > self.max_retries:
@@ -305,12 +255,7 @@ class Consumer:
                 report(logging.WARNING, "consumer %s: could not acknowledge %d handled records "
                        "(%s); they will be delivered again", self.name,
                        sum(map(len, acks.values())), exc)  # fmt: skip
-        close = getattr(self.callback, "close", None)
-        if callable(close):
-            close()
-        counts = ", ".join(f"{name} {count}" for name, count in self.counts.items())
-        report(logging.INFO, "consumer %s of group %s stopped with status %d: %s",
-               self.name, self.group, self.status, counts)  # fmt: skip
+        self._close_callback(self.group)
 
 
 def consume(

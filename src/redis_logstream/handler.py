@@ -1,4 +1,4 @@
-"""RedisLogHandler: the logging side, and nothing more.
+"""The logging side of the handlers, and nothing more.
 
 ``emit`` formats the record once, reads the log context once and appends a
 small tuple to the shipper's buffer.  It takes no lock, makes no system
@@ -14,60 +14,54 @@ import weakref
 from typing import Any
 
 from .cluster_sink import ClusterSink
-from .conf import Options, resolve_options
+from .conf import Options, ShippingOptions, resolve_options
 from .connection import client_factory, names_for
 from .context import INTERNAL, user_id_context
 from .shipper import Shipper
 from .sink import RedisSink
 from .wire import Encoder
 
-__all__ = ["RedisLogHandler", "live_handlers"]
+__all__ = ["RedisLogHandler", "ShippingHandler", "live_handlers", "shipper_for"]
 
 _get_context = user_id_context.get
-_live: weakref.WeakSet[RedisLogHandler] = weakref.WeakSet()
+_live: weakref.WeakSet[ShippingHandler] = weakref.WeakSet()
 
 
-def live_handlers() -> list[RedisLogHandler]:
-    """Every RedisLogHandler of this process that still exists (for metrics)."""
+def live_handlers() -> list[ShippingHandler]:
+    """Every handler of this library in this process that still exists (for metrics)."""
     return list(_live)
 
 
-class RedisLogHandler(logging.Handler):
-    """Send log records to Redis pub/sub channels and capped streams.
+def shipper_for(options: ShippingOptions, sink: Any, encoder: Any) -> Shipper:
+    """The buffer, batching and exit behaviour every handler shares."""
+    return Shipper(
+        sink,
+        encoder,
+        queue_size=options.queue_size,
+        overflow=options.overflow,
+        batch_size=options.batch_size,
+        flush_interval=options.flush_interval,
+        shutdown_timeout=options.shutdown_timeout,
+    )
 
-    Every option of ``settings.REDIS_LOGSTREAM`` can be given here as a
-    keyword argument (lower-case), and wins over the setting; see
-    docs/configuration.md.  From a LOGGING dict::
 
-        "handlers": {"redis": {"class": "redis_logstream.RedisLogHandler",
-                               "level": "INFO", "connection": "default"}}
+class ShippingHandler(logging.Handler):
+    """The logging side of every handler of this library, whatever the broker.
 
-    In a plain script, without Django settings, give ``url=`` or ``client=``.
+    ``emit`` formats the record and appends it to the shipper's buffer;
+    the broker is the sink's business, in the shipper's thread.  Subclasses
+    only build the shipper (:class:`RedisLogHandler`, ``AmqpLogHandler``).
     """
 
-    def __init__(self, level: int | str = logging.NOTSET, **options: Any) -> None:
+    def __init__(self, level: int | str, shipper: Shipper) -> None:
         super().__init__(level)
-        self.options: Options = resolve_options(options)
-        opts = self.options
-        self.names = names_for(opts)
-        sink = (ClusterSink if self.names.hash_tags else RedisSink)(
-            client_factory(opts),
-            self.names,
-            stream_maxlen=opts.stream_maxlen,
-            context_ttl=opts.context_ttl,
-            global_ttl=opts.global_ttl,
-            sharded_pubsub=opts.sharded_pubsub,
-        )
-        self.shipper = Shipper(
-            sink,
-            Encoder(opts.max_message_bytes),
-            queue_size=opts.queue_size,
-            overflow=opts.overflow,
-            batch_size=opts.batch_size,
-            flush_interval=opts.flush_interval,
-            shutdown_timeout=opts.shutdown_timeout,
-        )
+        self.shipper = shipper
         _live.add(self)
+
+    @property
+    def label(self) -> str:
+        """Where the records go, for metrics and repr."""
+        raise NotImplementedError
 
     def handle(self, record: logging.LogRecord) -> Any:
         # logging.Handler.handle wraps emit in the handler's lock; emit
@@ -140,7 +134,39 @@ class RedisLogHandler(logging.Handler):
 
     def __repr__(self) -> str:
         level = logging.getLevelName(self.level)
-        return f"<{type(self).__name__} {self.names.global_stream} ({level})>"
+        return f"<{type(self).__name__} {self.label} ({level})>"
+
+
+class RedisLogHandler(ShippingHandler):
+    """Send log records to Redis pub/sub channels and capped streams.
+
+    Every option of ``settings.REDIS_LOGSTREAM`` can be given here as a
+    keyword argument (lower-case), and wins over the setting; see
+    docs/configuration.md.  From a LOGGING dict::
+
+        "handlers": {"redis": {"class": "redis_logstream.RedisLogHandler",
+                               "level": "INFO", "connection": "default"}}
+
+    In a plain script, without Django settings, give ``url=`` or ``client=``.
+    """
+
+    def __init__(self, level: int | str = logging.NOTSET, **options: Any) -> None:
+        self.options: Options = resolve_options(options)
+        opts = self.options
+        self.names = names_for(opts)
+        sink = (ClusterSink if self.names.hash_tags else RedisSink)(
+            client_factory(opts),
+            self.names,
+            stream_maxlen=opts.stream_maxlen,
+            context_ttl=opts.context_ttl,
+            global_ttl=opts.global_ttl,
+            sharded_pubsub=opts.sharded_pubsub,
+        )
+        super().__init__(level, shipper_for(opts, sink, Encoder(opts.max_message_bytes)))
+
+    @property
+    def label(self) -> str:
+        return self.names.global_stream
 
 
 def _safe_text(value: Any) -> str:

@@ -86,7 +86,7 @@ def _labelled(handlers: Iterable[RedisLogHandler]) -> Iterator[tuple[str, RedisL
     second handler of the same name gets ``#2``, and so on."""
     seen: dict[str, int] = {}
     for handler in sorted(handlers, key=id):
-        base = handler.name or handler.names.global_stream
+        base = handler.name or handler.label
         seen[base] = seen.get(base, 0) + 1
         yield (base if seen[base] == 1 else f"{base}#{seen[base]}"), handler
 
