@@ -2,10 +2,10 @@
 #
 # Everything here must work on a fresh machine that has only Python and access
 # to the package registries (PyPI, Debian's apt): the venv is built from
-# pyproject.toml, and the system tools the tests need (redis-server, valgrind)
-# are installed with apt-get when missing and we are root. The browser tests
-# drive Debian's chromium with the playwright package (a dev dependency);
-# playwright's own browser download is never used.
+# pyproject.toml, and the system tools the tests need (redis-server, valgrind,
+# rabbitmq-server) are installed with apt-get when missing and we are root.
+# The browser tests drive Debian's chromium with the playwright package (a dev
+# dependency); playwright's own browser download is never used.
 
 SHELL := /bin/sh
 .DEFAULT_GOAL := test
@@ -62,6 +62,7 @@ tools:
 	$(call ensure_apt,redis-server,redis-server)
 	$(call ensure_apt,valgrind,valgrind)
 	$(call ensure_apt,chromium,chromium)
+	$(call ensure_apt,rabbitmq-server,rabbitmq-server)
 
 # The whole suite runs twice: on the newest Django LTS (5.2, in .venv) with
 # the newest redis-py, and on the oldest versions supported (Django 4.2, the
