@@ -252,3 +252,21 @@ def test_tail_amqp_prints_what_the_patterns_select(broker, handler, rabbit_url):
     assert tail.returncode == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     assert len(records) == 9 and {r["level"] for r in records} == {"ERROR"}
+
+
+def test_manage_py_check_reports_bad_amqp_handler_options():
+    from redis_logstream.checks import check_handlers
+
+    logging_config = {
+        "version": 1,
+        "handlers": {
+            "rabbit": {"class": "redis_logstream.amqp.AmqpLogHandler", "exchnage": "logs"},
+            "rabbit2": {"class": "redis_logstream.amqp.AmqpLogHandler", "persistent": "no"},
+            "fine": {"class": "redis_logstream.amqp.AmqpLogHandler", "exchange": "logs"},
+        },
+    }
+    with override_settings(LOGGING=logging_config):
+        found = [(m.id, m.obj) for m in check_handlers()]
+    assert ("redis_logstream.E002", "LOGGING['handlers']['rabbit']") in found
+    assert ("redis_logstream.E003", "LOGGING['handlers']['rabbit2']") in found
+    assert not [obj for _id, obj in found if "fine" in obj]

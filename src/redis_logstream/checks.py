@@ -11,35 +11,62 @@ without certificate checking.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 
-from .conf import SITE_DEFAULTS, resolve_options, site_setting, site_settings
+from .conf import (
+    AMQP_SETTINGS,
+    REDIS_ONLY_NAMES,
+    SITE_DEFAULTS,
+    resolve,
+    resolve_options,
+    site_setting,
+    site_settings,
+)
 from .connection import ConfigurationError, client_factory
 from .deploy_checks import risky_options
 
 HANDLER_PATHS = {"redis_logstream.RedisLogHandler", "redis_logstream.handler.RedisLogHandler"}
+AMQP_HANDLER_PATHS = {"redis_logstream.amqp.AmqpLogHandler"}
 MIDDLEWARE_PATH = "redis_logstream.middleware.LogContextMiddleware"
 AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
 # Keys of a dictConfig handler entry that logging itself consumes.
 _KEYS = {"class", "()", "level", "formatter", "filters", "."}
 
 
-def _handler_entries() -> list[tuple[str, dict[str, Any]]]:
-    """Where each RedisLogHandler is configured and its own options; the
-    site settings alone when LOGGING names none."""
+def _handler_entries(paths: Iterable[str] = HANDLER_PATHS) -> list[tuple[str, dict[str, Any]]]:
+    """Where each handler of ``paths`` is configured and its own options;
+    for RedisLogHandler, the site settings alone when LOGGING names none."""
     handlers = (getattr(settings, "LOGGING", None) or {}).get("handlers") or {}
     entries = [
         (f"LOGGING['handlers'][{name!r}]", {k: v for k, v in entry.items() if k not in _KEYS})
         for name, entry in handlers.items()
-        if isinstance(entry, Mapping) and (entry.get("class") or entry.get("()")) in HANDLER_PATHS
+        if isinstance(entry, Mapping) and (entry.get("class") or entry.get("()")) in paths
     ]
-    if not entries and getattr(settings, "REDIS_LOGSTREAM", None):
+    redis = paths is HANDLER_PATHS
+    if redis and not entries and getattr(settings, "REDIS_LOGSTREAM", None):
         entries = [("settings.REDIS_LOGSTREAM", {})]
     return entries
+
+
+def _check_amqp_options(where: str, options: Mapping[str, Any]) -> list[CheckMessage]:
+    try:
+        from .amqp import AmqpOptions
+    except ImportError as exc:
+        return [Error(str(exc), hint='pip install "django-redis-logstream[amqp]"', obj=where,
+                      id="redis_logstream.E001")]  # fmt: skip
+    try:
+        resolve(AmqpOptions, options, renamed=AMQP_SETTINGS, others=REDIS_ONLY_NAMES)
+    except TypeError as exc:
+        return [Error(str(exc), hint="See docs/rabbitmq.md for the option names.",
+                      obj=where, id="redis_logstream.E002")]  # fmt: skip
+    except ValueError as exc:
+        return [Error(str(exc), hint="See docs/rabbitmq.md for the allowed values.",
+                      obj=where, id="redis_logstream.E003")]  # fmt: skip
+    return []
 
 
 def _check_options(where: str, options: Mapping[str, Any]) -> list[CheckMessage]:
@@ -69,6 +96,8 @@ def check_handlers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     messages: list[CheckMessage] = []
     for where, options in _handler_entries():
         messages += _check_options(where, options)
+    for where, options in _handler_entries(AMQP_HANDLER_PATHS):
+        messages += _check_amqp_options(where, options)
     return messages
 
 
