@@ -28,9 +28,10 @@ import redis
 from helpers import Handlers
 from servers import RedisServer, SilentServer, no_retry
 
-# The Redis Cluster fixtures (redis_cluster, cluster, own_cluster) and the
-# Sentinel one (sentinel_servers) live with the servers they start.
-pytest_plugins = ["cluster_servers", "sentinel_servers"]
+# The Redis Cluster fixtures (redis_cluster, cluster, own_cluster), the
+# Sentinel one (sentinel_servers) and the RabbitMQ ones (rabbit_url,
+# rabbit_server, ...) live with the servers they start.
+pytest_plugins = ["cluster_servers", "sentinel_servers", "rabbit_servers"]
 
 _session_server: RedisServer | None = None
 

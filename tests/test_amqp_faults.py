@@ -85,8 +85,11 @@ def test_a_killed_broker_costs_the_caller_nothing_and_the_records_arrive_in_orde
     assert len(received) - len(unique) <= 500, "only an unconfirmed batch may come twice"
     stats = handler.stats()
     assert stats["dropped"] == 0 and stats["retries"] > 0
+    # A call that waited on the network would cost a connect timeout (2 s),
+    # a thousand times the rest; measured 1.1-1.4 (the two phases cannot be
+    # interleaved, so the machine's drift between them shows).
     ratio = statistics.median(down_costs) / statistics.median(up_costs)
-    assert ratio < 1.5, f"emit cost with the broker down / up: {ratio:.2f}"
+    assert ratio < 2.0, f"emit cost with the broker down / up: {ratio:.2f}"
     assert back_after < 60
 
 
