@@ -270,3 +270,21 @@ def test_manage_py_check_reports_bad_amqp_handler_options():
     assert ("redis_logstream.E002", "LOGGING['handlers']['rabbit']") in found
     assert ("redis_logstream.E003", "LOGGING['handlers']['rabbit2']") in found
     assert not [obj for _id, obj in found if "fine" in obj]
+
+
+def test_tail_uses_a_durable_exchange_as_the_handler_made_it(rabbit_url):
+    name = f"test-durable-{uuid.uuid4().hex[:10]}"
+    broker = Broker()
+    broker.channel.exchange_declare(name, "topic", durable=True, auto_delete=False)
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "redis_logstream.cli", "tail", "--amqp", rabbit_url,
+         "--exchange", name],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert "listening to" in tail.stderr.readline()
+    finally:
+        tail.send_signal(signal.SIGINT)
+        tail.communicate(timeout=10)
+        broker.channel.exchange_delete(name)
+        broker.close()

@@ -28,7 +28,7 @@ from typing import Any
 
 import amqp
 
-from .amqp_sink import connection_options
+from .amqp_sink import connection_options, reader_channel
 from .consumer import default_consumer_name
 from .consumers import LogEntry, Nack
 from .diagnostics import report
@@ -108,9 +108,7 @@ class AmqpConsumer(CallbackRunner):
     def _connect(self) -> Any:
         conn = amqp.Connection(**self.options)
         conn.connect()
-        channel = conn.channel()
-        channel.exchange_declare(self.exchange, "topic", durable=self.durable_exchange,
-                                 auto_delete=False)  # fmt: skip
+        channel = reader_channel(conn, self.exchange, self.durable_exchange)
         channel.queue_declare(self.queue, durable=True, auto_delete=False)
         for pattern in self.patterns:
             channel.queue_bind(self.queue, self.exchange, pattern)

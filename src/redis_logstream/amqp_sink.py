@@ -27,7 +27,7 @@ from .amqp_routing import routing_key
 from .shipper import WriteError
 from .wire import Encoder
 
-__all__ = ["AmqpEncoder", "AmqpSink", "connection_options"]
+__all__ = ["AmqpEncoder", "AmqpSink", "connection_options", "reader_channel"]
 
 APP_ID = "redis_logstream"
 
@@ -52,6 +52,19 @@ def connection_options(url: str, timeout: float) -> dict[str, Any]:
         "write_timeout": timeout,
         "heartbeat": 0,
     }
+
+
+def reader_channel(conn: Any, exchange: str, durable: bool = False) -> Any:
+    """A channel of ``conn`` on which ``exchange`` exists: a reader uses the
+    exchange as the handler declared it (durable or not), and declares it
+    itself (``durable``) only when no handler has yet."""
+    channel = conn.channel()
+    try:
+        channel.exchange_declare(exchange, "topic", passive=True)
+    except amqp.exceptions.NotFound:  # the broker closed that channel
+        channel = conn.channel()
+        channel.exchange_declare(exchange, "topic", durable=durable, auto_delete=False)
+    return channel
 
 
 class AmqpEncoder(Encoder):

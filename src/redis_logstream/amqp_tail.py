@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import amqp
 
 from .amqp_routing import binding_key
-from .amqp_sink import connection_options
+from .amqp_sink import connection_options, reader_channel
 from .cmdline import USAGE, CommandFailed, check_context
 from .entries import Entry, EntryFilter, decode_entry, parse_level
 from .render import Renderer
@@ -51,9 +51,7 @@ def listen_amqp(
         try:
             conn = amqp.Connection(**options)
             conn.connect()
-            channel = conn.channel()
-            # The handler declares it too, alike: whoever comes first makes it.
-            channel.exchange_declare(exchange, "topic", durable=durable, auto_delete=False)
+            channel = reader_channel(conn, exchange, durable)
             queue, _count, _consumers = channel.queue_declare("", exclusive=True, auto_delete=True)
             for pattern in patterns:
                 channel.queue_bind(queue, exchange, pattern)
