@@ -24,7 +24,8 @@ PYTHON ?= $(shell for p in python3.11 python3; do \
 
 PYTEST_ARGS ?=
 
-.PHONY: venv install test lint demo bench bench-viewers bench-cluster bench-consumer soak tools clean distclean
+.PHONY: venv install test lint demo bench bench-viewers bench-cluster bench-consumer bench-amqp \
+	soak tools clean distclean
 
 venv install: $(STAMP)
 
@@ -101,6 +102,9 @@ bench-cluster: install tools
 
 bench-consumer: install tools
 	$(VENV_PY) bench/bench_consumer.py
+
+bench-amqp: install tools
+	$(VENV_PY) bench/bench_amqp.py
 
 soak: install tools
 	$(VENV_PY) bench/soak.py

@@ -32,6 +32,9 @@ def durable_queue(server) -> None:
     channel.queue_declare(QUEUE, durable=True, auto_delete=False)
     channel.queue_bind(QUEUE, EXCHANGE, "#")
     conn.close()
+    # Mnesia writes its log asynchronously: a declaration just before a
+    # SIGKILL can be lost, so have it on disk first.
+    server.ctl("eval", "mnesia:sync_log().")
 
 
 def drain(server) -> list[str]:
