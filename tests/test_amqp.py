@@ -288,3 +288,26 @@ def test_tail_uses_a_durable_exchange_as_the_handler_made_it(rabbit_url):
         tail.communicate(timeout=10)
         broker.channel.exchange_delete(name)
         broker.close()
+
+
+def test_an_exchange_declared_otherwise_is_reported_and_nothing_is_lost(rabbit_url):
+    name = f"test-durable-{uuid.uuid4().hex[:10]}"
+    broker = Broker()
+    broker.channel.exchange_declare(name, "topic", durable=True, auto_delete=False)
+    handler = AmqpLogHandler(url=rabbit_url, exchange=name, flush_interval=0.01,
+                             shutdown_timeout=0.2)  # fmt: skip
+    try:
+        logger = fresh_logger(handler)
+        for i in range(5):
+            logger.info("record %d", i)
+        assert not handler.flush(1)
+        stats = handler.stats()
+        assert stats["errors"] > 0 and stats["pending"] == 5 and stats["dropped"] == 0
+        assert "PRECONDITION_FAILED" in stats["last_error"]
+    finally:
+        worker = handler.shipper._thread
+        handler.close()
+        if worker is not None:  # a write under way when close() gave up ends first,
+            worker.join(10)  # or it would declare the exchange again once deleted
+        broker.channel.exchange_delete(name)
+        broker.close()

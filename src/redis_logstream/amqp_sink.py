@@ -136,6 +136,7 @@ class AmqpSink:
         self._confirmed = max(self._confirmed, delivery_tag)
 
     def write(self, batch: list[tuple[str, bytes, int]]) -> None:
+        first = None
         try:
             channel = self._open()
             first = self._next_tag
@@ -151,7 +152,7 @@ class AmqpSink:
                 self._conn.drain_events(timeout=self.timeout)
         except (OSError, amqp.exceptions.AMQPError) as exc:
             # The broker confirms in order: what it acked is stored, the rest is retried.
-            confirmed = max(0, self._confirmed - first + 1)
+            confirmed = 0 if first is None else max(0, self._confirmed - first + 1)
             self._drop()
             raise WriteError(f"{type(exc).__name__}: {exc}", batch[confirmed:]) from exc
         refused = [tag for tag in self._refused if tag >= first]
