@@ -40,7 +40,7 @@ from child_processes import child_env
 from redis_logstream import log_context
 from redis_logstream.amqp import DEFAULT_URL, AmqpLogHandler
 from redis_logstream.amqp_sink import connection_options
-from report import machine, source_revision
+from report import finish_run, guarded, machine, source_revision
 from subjects import CALL, CONTEXT, FORMAT, MESSAGE, QUEUE_SIZE, Subject, attached, bench_logger
 from subjects import log_records as core_records
 from timing import median_ratio
@@ -322,26 +322,15 @@ def run(args: argparse.Namespace) -> int:
     source["changed_during_run"] = source_revision()["fingerprint"] != source["fingerprint"]
     results.update(checks=check_thresholds(results), table=render_table(results),
                    seconds=round(time.monotonic() - started, 1))
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print(f"\nmeasured: commit {source['commit']}{' + local changes in src' * source['src_dirty']}"
-          f", Python {info['python']}, py-amqp {info['py_amqp']}, RabbitMQ {info['rabbitmq']}, "
-          f"{info['nproc']} x {info['cpu']}")
-    if source["changed_during_run"]:
-        print("WARNING: the package's source changed during the run: the figures mix versions")
-    print(results["table"] + "\n")
-    for check in results["checks"]:
-        print(f"{'PASS' if check['ok'] else 'FAIL'}  {check['check']}: {check['value']}")
-    print(f"\nresults: {out / 'results.json'}  ({results['seconds']:.0f} s)")
-    return 0 if all(check["ok"] for check in results["checks"]) else 1
+    versions = (f"Python {info['python']}, py-amqp {info['py_amqp']}, RabbitMQ {info['rabbitmq']}, "
+                f"{info['nproc']} x {info['cpu']}")
+    return finish_run(results, out, versions)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        return profile_child(args) if args.child_exchange else run(args)
-    except (RuntimeError, OSError, subprocess.SubprocessError, amqp.exceptions.AMQPError) as exc:
-        print(f"benchmark could not run: {exc!r}", file=sys.stderr)
-        return 2
+    return guarded(lambda: profile_child(args) if args.child_exchange else run(args),
+                   (RuntimeError, OSError, subprocess.SubprocessError, amqp.exceptions.AMQPError))
 
 
 if __name__ == "__main__":

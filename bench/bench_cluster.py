@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import subprocess
@@ -73,7 +72,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from cluster_load import Child, Follower, child_main, percentiles, scan
 from private_redis import PrivateRedis
 from redis_logstream.naming import Names
-from report import machine, source_revision
+from report import finish_run, guarded, machine, source_revision
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(1, str(ROOT / "tests"))  # the tests' cluster fixture, as a plain class
@@ -337,18 +336,8 @@ def run(args: argparse.Namespace) -> int:
     results["checks"] = check_thresholds(results)
     results["table"] = render_table(results)
     results["seconds"] = round(time.monotonic() - started, 1)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print(f"\nmeasured: commit {source['commit']}"
-          f"{' + local changes in src' if source['src_dirty'] else ''}, Python {info['python']}, "
-          f"redis-py {info['redis_py']}")
-    if source["changed_during_run"]:
-        print("WARNING: the package's source changed during the run: the figures mix versions")
-    print(results["table"])
-    print()
-    for check in results["checks"]:
-        print(f"{'PASS' if check['ok'] else 'FAIL'}  {check['check']}: {check['value']}")
-    print(f"\nresults: {out / 'results.json'}  ({results['seconds']:.0f} s)")
-    return 0 if all(check["ok"] for check in results["checks"]) else 1
+    versions = f"Python {info['python']}, redis-py {info['redis_py']}"
+    return finish_run(results, out, versions)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,14 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return child_main(args.url, args.index, args.records, args.rate, args.contexts,
                           args.sharded)
-    try:
-        return run(args)
-    except (RuntimeError, OSError, subprocess.SubprocessError, redis.RedisError) as exc:
-        print(f"benchmark could not run: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: the servers and processes were stopped", file=sys.stderr)
-        return 2
+    return guarded(lambda: run(args),
+                   (RuntimeError, OSError, subprocess.SubprocessError, redis.RedisError))
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ from private_redis import PrivateRedis
 from redis_logstream.consumer import Consumer, consumer_client
 from redis_logstream.naming import Names
 from redis_logstream.wire import Encoder
-from report import machine, source_revision
+from report import finish_run, guarded, machine, source_revision
 
 CONTEXT = "bench.consumer"
 MIN_RECORDS_PER_S = 20_000
@@ -323,31 +323,17 @@ def run(args: argparse.Namespace) -> int:
     results["checks"] = check_thresholds(results)
     results["table"] = render_table(results)
     results["seconds"] = round(time.monotonic() - started, 1)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print(f"\nmeasured: commit {source['commit']}"
-          f"{' + local changes in src' if source['src_dirty'] else ''}, Python {info['python']}, "
-          f"redis-py {info['redis_py']}, {info['nproc']} x {info['cpu']}")
-    if source["changed_during_run"]:
-        print("WARNING: the package's source changed during the run: the figures mix versions")
-    print(results["table"] + "\n")
-    for check in results["checks"]:
-        print(f"{'PASS' if check['ok'] else 'FAIL'}  {check['check']}: {check['value']}")
-    print(f"\nresults: {out / 'results.json'}  ({results['seconds']:.0f} s)")
-    return 0 if all(check["ok"] for check in results["checks"]) else 1
+    versions = (f"Python {info['python']}, redis-py {info['redis_py']}, "
+                f"{info['nproc']} x {info['cpu']}")
+    return finish_run(results, out, versions)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return child_main(args)
-    try:
-        return run(args)
-    except (RuntimeError, OSError, subprocess.SubprocessError, redis.RedisError) as exc:
-        print(f"benchmark could not run: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: the server and processes were stopped", file=sys.stderr)
-        return 2
+    return guarded(lambda: run(args),
+                   (RuntimeError, OSError, subprocess.SubprocessError, redis.RedisError))
 
 
 if __name__ == "__main__":

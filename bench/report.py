@@ -7,9 +7,12 @@ rendered again, and the thresholds read, without measuring anything.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +167,35 @@ def print_summary(results: dict[str, Any], out: Path, chart: Path) -> None:
     for check in results["checks"]:
         print(f"{'PASS' if check['ok'] else 'FAIL'}  {check['check']}: {check['value']}")
     print(f"\nresults: {out / 'results.json'}  chart: {chart}  ({results['seconds']:.0f} s)")
+
+
+def finish_run(results: dict[str, Any], out: Path, versions: str) -> int:
+    """The end of a side benchmark (cluster, consumer, RabbitMQ): write
+    ``<out>/results.json``, print what was measured, the table and the
+    checks; return the exit status (1 when a check failed)."""
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    src = results["source"]
+    print(f"\nmeasured: commit {src['commit']}"
+          f"{' + local changes in src' if src['src_dirty'] else ''}, {versions}")  # fmt: skip
+    if src.get("changed_during_run"):
+        print("WARNING: the package's source changed during the run: the figures mix versions")
+    print(results["table"] + "\n")
+    for check in results["checks"]:
+        print(f"{'PASS' if check['ok'] else 'FAIL'}  {check['check']}: {check['value']}")
+    print(f"\nresults: {out / 'results.json'}  ({results['seconds']:.0f} s)")
+    return 0 if all(check["ok"] for check in results["checks"]) else 1
+
+
+def guarded(run: Callable[[], int], errors: tuple[type[BaseException], ...]) -> int:
+    """``run()``'s status, or 2 (and one line) when the benchmark could not run."""
+    try:
+        return run()
+    except errors as exc:
+        print(f"benchmark could not run: {exc!r}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the servers and processes were stopped", file=sys.stderr)
+        return 2
 
 
 def draw_chart(results: dict[str, Any], path: Path) -> None:
