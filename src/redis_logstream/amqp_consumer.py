@@ -63,11 +63,9 @@ class AmqpConsumer(CallbackRunner):
         match: Callable[[LogEntry], bool] | None = None,
         stop: threading.Event | None = None,
     ) -> None:
-        super().__init__(callback, consumer or default_consumer_name(), match=match, stop=stop)
-        if not isinstance(group, str) or not group:
-            raise ValueError(f"group must be a non-empty str, not {group!r}")
+        name = consumer or default_consumer_name()
+        super().__init__(callback, name, group, match=match, stop=stop)
         self.options = connection_options(url, timeout=5.0)
-        self.group = group
         self.patterns = list(patterns) or ["#"]
         self.exchange = exchange
         self.durable_exchange = durable_exchange
@@ -102,7 +100,7 @@ class AmqpConsumer(CallbackRunner):
                         with contextlib.suppress(Exception):
                             conn.close()  # unacknowledged messages go back to the queue
         finally:
-            self._close_callback(self.group)
+            self._close_callback()
         return self.status
 
     def _connect(self) -> Any:

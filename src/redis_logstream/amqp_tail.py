@@ -24,6 +24,7 @@ from .amqp_sink import connection_options, reader_channel
 from .cmdline import USAGE, CommandFailed, check_context
 from .entries import Entry, EntryFilter, decode_entry, parse_level
 from .render import Renderer
+from .tail import notifier
 
 __all__ = ["add_arguments", "listen_amqp", "run_tail"]
 
@@ -115,14 +116,10 @@ def run_tail(args: argparse.Namespace, out: TextIO, err: TextIO, color: bool) ->
         raise CommandFailed(str(exc), USAGE) from None
     match = EntryFilter(level, args.logger or None)
     render = Renderer(color=color, json_lines=args.json)
-
-    def notify(message: str) -> None:
-        err.write(f"{message}\n")
-        err.flush()
-
     try:
         for entry in listen_amqp(args.amqp, args.exchange, patterns,
-                                 match=match if match.active else None, notify=notify):  # fmt: skip
+                                 match=match if match.active else None,
+                                 notify=notifier(err)):  # fmt: skip
             out.write(render(entry))
             out.flush()
     except amqp.exceptions.AMQPError as exc:

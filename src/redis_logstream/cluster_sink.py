@@ -46,10 +46,6 @@ _ASKING = b"*1\r\n$6\r\nASKING\r\n"
 _CLUSTER_ERRORS = (RedisError, RedisClusterException)
 
 
-def _is_retriable(reply: Exception) -> bool:
-    return isinstance(reply, (AskError, RedisClusterException)) or _is_transient(reply)
-
-
 class ContextOnly(str):
     """A context whose record is already in the global stream: a retry
     writes it to the context's stream only."""
@@ -188,7 +184,7 @@ class ClusterSink(RedisSink):
         for item, reply in zip(planned, replies, strict=True):
             if isinstance(reply, Exception):
                 first_error = first_error or f"{type(reply).__name__}: {reply}"
-                if _is_retriable(reply):
+                if _is_transient(reply):
                     (failed_global if item.is_global else failed_context).update(item.positions)
                 else:
                     lost.update(item.positions)

@@ -32,6 +32,7 @@ from redis.exceptions import RedisClusterException
 from .cmdline import USAGE, CommandFailed, check_context
 from .consumer import DEFAULT_BLOCK_MS, consume
 from .entries import EntryFilter, parse_level
+from .runner import built_callback
 
 __all__ = ["DESCRIPTION", "ConsumeRequest", "add_arguments", "epilog", "load_config", "run"]
 
@@ -312,8 +313,7 @@ def _consume_amqp(request: ConsumeRequest, callback: Any, stop: threading.Event)
     patterns = list(request.bind) or [binding_key(context=c) for c in request.contexts]
     if request.include_global and not request.bind:
         patterns = ["#"]
-    if isinstance(callback, type):
-        callback = callback(**request.consumer_config)
+    callback = built_callback(callback, request.consumer_config)
     consumer = AmqpConsumer(
         callback, url=request.amqp or "", group=request.group, patterns=patterns,
         exchange=request.exchange, consumer=request.consumer,

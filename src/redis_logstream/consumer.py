@@ -26,7 +26,6 @@ HaltConsumer) are in :mod:`redis_logstream.consumers`.
 from __future__ import annotations
 
 import heapq
-import inspect
 import logging
 import os
 import socket
@@ -46,7 +45,7 @@ from .diagnostics import report
 from .groups import GroupStreams
 from .naming import Names
 from .reader import READ_MARGIN
-from .runner import CallbackRunner
+from .runner import CallbackRunner, built_callback
 from .topology import clone
 
 __all__ = ["Consumer", "consume", "default_consumer_name"]
@@ -92,13 +91,11 @@ class Consumer(CallbackRunner):
     ) -> None:
         if not streams:
             raise ValueError("give at least one stream: contexts, or include_global=True")
-        if not isinstance(group, str) or not group:
-            raise ValueError(f"group must be a non-empty str, not {group!r}")
         for name, value in (("batch", batch), ("block_ms", block_ms), ("max_retries", max_retries)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, not {value!r}")
-        super().__init__(callback, consumer or default_consumer_name(), match=match, stop=stop)
-        self.group = group
+        name = consumer or default_consumer_name()
+        super().__init__(callback, name, group, match=match, stop=stop)
         dead = dead_letter or f"{names.stream_prefix}{names.channel_prefix}/dead-letter/{group}"
         self.streams = GroupStreams(client, streams, group, self.name, dead_letter=dead)
         self.start_id = start
@@ -255,7 +252,7 @@ class Consumer(CallbackRunner):
                 report(logging.WARNING, "consumer %s: could not acknowledge %d handled records "
                        "(%s); they will be delivered again", self.name,
                        sum(map(len, acks.values())), exc)  # fmt: skip
-        self._close_callback(self.group)
+        self._close_callback()
 
 
 def consume(
@@ -293,10 +290,7 @@ def consume(
     streams = [names.stream(context) for context in (contexts or ())]
     if include_global:
         streams.append(names.global_stream)
-    if inspect.isclass(callback):
-        callback = callback(**(callback_config or {}))
-    elif callback_config:
-        raise ValueError("callback_config is for a class callback; this one is a function")
+    callback = built_callback(callback, callback_config)
     worker = Consumer(
         callback, client=redis_client, names=names, streams=streams, group=group,
         consumer=consumer, start=start, batch=batch, block_ms=block_ms,

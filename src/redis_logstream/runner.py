@@ -11,18 +11,31 @@ acknowledging, refusing and leaving a record mean for their broker.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .consumers import Drop, HaltConsumer, LogEntry, Nack
 from .diagnostics import report
 
-__all__ = ["COUNTERS", "CallbackRunner"]
+__all__ = ["COUNTERS", "CallbackRunner", "built_callback"]
 
 COUNTERS = ("handled", "acked", "nacked", "dropped", "dead_lettered", "claimed", "missed",
             "skipped")  # fmt: skip
+
+
+def built_callback(
+    callback: Callable[..., Any], config: Mapping[str, Any] | None
+) -> Callable[[LogEntry], Any]:
+    """The callable to call per record: a class is instantiated once, with
+    ``config`` as keyword arguments; a function is itself (and takes no config)."""
+    if inspect.isclass(callback):
+        return callback(**(config or {}))
+    if config:
+        raise ValueError("callback_config is for a class callback; this one is a function")
+    return callback
 
 
 class CallbackRunner:
@@ -32,12 +45,16 @@ class CallbackRunner:
         self,
         callback: Callable[[LogEntry], Any],
         name: str,
+        group: str,
         *,
         match: Callable[[LogEntry], bool] | None = None,
         stop: threading.Event | None = None,
     ) -> None:
+        if not isinstance(group, str) or not group:
+            raise ValueError(f"group must be a non-empty str, not {group!r}")
         self.callback = callback
         self.name = name
+        self.group = group
         self.match = match
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.status = 0
@@ -97,11 +114,11 @@ class CallbackRunner:
     def _leave(self, entry: LogEntry) -> None:
         """The record stays with the broker, for this consumer or another."""
 
-    def _close_callback(self, group: str) -> None:
+    def _close_callback(self) -> None:
         """Close a class callback; log the counters in one line."""
         close = getattr(self.callback, "close", None)
         if callable(close):
             close()
         counts = ", ".join(f"{name} {count}" for name, count in self.counts.items())
         report(logging.INFO, "consumer %s of group %s stopped with status %d: %s",
-               self.name, group, self.status, counts)  # fmt: skip
+               self.name, self.group, self.status, counts)  # fmt: skip

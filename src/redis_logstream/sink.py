@@ -52,6 +52,8 @@ _TRANSIENT_ERRORS = (
     exceptions.MasterDownError,
     exceptions.TryAgainError,
     exceptions.ClusterDownError,
+    exceptions.AskError,  # MOVED and ASK: the cluster's routing, not the data
+    exceptions.RedisClusterException,  # no node known for a slot
 )
 _TRANSIENT_CODES = ("OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "NOREPLICAS")
 

@@ -20,7 +20,7 @@ from .live import listen
 from .reader import EntryFilter, StreamReader, parse_level, parse_since
 from .render import Renderer
 
-__all__ = ["DESCRIPTION", "TailRequest", "add_arguments", "epilog", "tail"]
+__all__ = ["DESCRIPTION", "TailRequest", "add_arguments", "epilog", "notifier", "tail"]
 
 DESCRIPTION = """\
 Print the last records of one log context's stream (or of the site-wide
@@ -208,7 +208,7 @@ def tail(
         with redis_errors(reader.client):
             for entry in listen(
                 reader.client, reader.names, request.context,
-                sharded=bool(request.sharded), stop=stop, match=match, notify=_notifier(err),
+                sharded=bool(request.sharded), stop=stop, match=match, notify=notifier(err),
             ):  # fmt: skip
                 out.write(render(entry))
                 out.flush()
@@ -222,13 +222,15 @@ def tail(
         return
     with redis_errors(reader.client):
         for entry in reader.follow(
-            request.context, snapshot.cursor, stop=stop, match=match, notify=_notifier(err)
+            request.context, snapshot.cursor, stop=stop, match=match, notify=notifier(err)
         ):
             out.write(render(entry))
             out.flush()
 
 
-def _notifier(err: TextIO) -> Callable[[str], None]:
+def notifier(err: TextIO) -> Callable[[str], None]:
+    """Say a reader's news (lost Redis, back again) on ``err``, a line each."""
+
     def notify(message: str) -> None:
         err.write(f"{message}\n")
         err.flush()

@@ -117,13 +117,18 @@ def cluster_from_nodes(hosts: list[tuple[str, int]], kwargs: Mapping[str, Any]) 
     options = {k: v for k, v in kwargs.items() if k not in _NOT_FOR_CLUSTER}
     for key in ("host", "port", "retry_on_timeout"):
         options.pop(key, None)
-    # TLS is said by the URL's scheme: redis-py then picks the connection class.
-    tls = options.pop("connection_class", None) is redis.SSLConnection
-    tls = bool(options.pop("ssl", False)) or tls
+    tls = _pop_tls(options)  # said by the URL's scheme: redis-py picks the connection class
     (host, port), *others = hosts
     url = f"{'rediss' if tls else 'redis'}://{host}:{port}/0"
     nodes = [ClusterNode(h, p) for h, p in others]
     return RedisCluster(url=url, startup_nodes=nodes, retry=Retry(NoBackoff(), 0), **options)
+
+
+def _pop_tls(options: dict[str, Any]) -> bool:
+    """Whether ``options`` ask for TLS (an SSL connection class, or ``ssl``);
+    both are taken out, for the caller to say it its own way."""
+    tls = options.pop("connection_class", None) is redis.SSLConnection
+    return bool(options.pop("ssl", False)) or tls
 
 
 def _sentinel_from_url(url: str, kwargs: Mapping[str, Any]) -> redis.Redis:
@@ -159,14 +164,14 @@ def sentinel_client(
     connection error) instead of writing nowhere.
     """
     options = {k: v for k, v in kwargs.items() if k not in ("host", "port", "connection_pool")}
-    if options.pop("connection_class", None) is redis.SSLConnection:
+    if _pop_tls(options):
         options["ssl"] = True  # the pool picks the sentinel-managed TLS connection
-    asking = {
+    to_sentinels = {
         "socket_timeout": options.get("socket_timeout"),
         "socket_connect_timeout": options.get("socket_connect_timeout"),
         **(sentinel_kwargs or {}),
     }
-    manager = Sentinel(sentinels, sentinel_kwargs=asking)
+    manager = Sentinel(sentinels, sentinel_kwargs=to_sentinels)
     return redis.Redis(connection_pool=SentinelConnectionPool(service, manager, **options))
 
 
@@ -178,12 +183,10 @@ def clone(base: Any, client_name: str, **overrides: Any) -> Any:
     kwargs = {**connection_kwargs(base), "client_name": client_name, **overrides}
     for own in ("connection_pool", "redis_connect_func"):  # the base's own pool and hook
         kwargs.pop(own, None)
-    pool_class = kwargs.pop("connection_pool_class", redis.ConnectionPool)
-    if is_cluster(base):
-        if pool_class is not redis.ConnectionPool:
-            kwargs["connection_pool_class"] = pool_class
+    if is_cluster(base):  # each node's pool is a connection_pool_class
         nodes = [(node.host, node.port) for node in base.get_nodes()]
         return cluster_from_nodes(nodes, kwargs)
+    pool_class = kwargs.pop("connection_pool_class", redis.ConnectionPool)
     pool = base.connection_pool
     if isinstance(pool, SentinelConnectionPool):
         # redis-py has no blocking sentinel pool: the pool's limit raises
