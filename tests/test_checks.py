@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import copy
+import re
+import subprocess
+from pathlib import Path
 
 import pytest
 from django.core.checks import run_checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
+
+from quickstart_site import ROOT, code_blocks, manage, new_site
 
 
 def ids(settings) -> list[str]:
@@ -142,3 +147,73 @@ def test_a_redis_logstream_setting_that_is_not_a_dict_is_e003(settings) -> None:
     settings.LOGGING = {**settings.LOGGING, "handlers": {}}
     (message,) = [m for m in run_checks(tags=["redis_logstream"]) if m.id.endswith("E003")]
     assert "must be a dict" in message.msg
+
+
+# What docs/django.md ("Start-up and checks") says happens, run in a new
+# project made by following docs/quickstart.md.
+DJANGO_DOC = ROOT / "docs" / "django.md"
+_ROW = re.compile(r"^\| `(?P<code>[^`]+)` \| (?P<outcome>.+) \|$")
+
+
+def documented_cases() -> list[tuple[str, str]]:
+    _before, _header, after = DJANGO_DOC.read_text().partition(
+        "| added to the quickstart's settings |"
+    )
+    table = after.split("\n\n", 1)[0]
+    return [(m["code"], m["outcome"]) for m in map(_ROW.match, table.splitlines()) if m]
+
+
+def documented_startup_error() -> list[str]:
+    """The lines of the doc's example output, without its prompt and elisions."""
+    block = next(b.text for b in code_blocks(DJANGO_DOC) if b.text.startswith("$ python manage.py"))
+    return [line for line in block.splitlines()[1:] if line.strip() not in ("", "...")]
+
+
+@pytest.fixture(scope="module")
+def quickstart_site(tmp_path_factory, redis_server) -> Path:
+    return new_site(tmp_path_factory.mktemp("checks"), redis_server.url)
+
+
+def check_with(site: Path, code: str) -> subprocess.CompletedProcess[str]:
+    """``manage.py check`` with ``code`` added to the quickstart's settings."""
+    name = f"case_{abs(hash(code)):x}"
+    (site / f"{name}.py").write_text(f"from mysite.settings import *  # noqa: F403\n{code}\n")
+    return manage(site, "check", settings=name)
+
+
+def test_the_quickstart_site_passes_every_check(quickstart_site: Path) -> None:
+    result = check_with(quickstart_site, "")
+    assert result.returncode == 0, result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_the_doc_covers_start_up_and_the_checks() -> None:
+    outcomes = [outcome for _code, outcome in documented_cases()]
+    assert sum(o.startswith("start-up stops") for o in outcomes) >= 4
+    assert {re.search(r"E00\d", o)[0] for o in outcomes if "manage.py check" in o} == {
+        "E001", "E002", "E003",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("code, outcome", documented_cases(), ids=lambda text: text[:40])
+def test_what_the_doc_says_happens_happens(quickstart_site: Path, code: str, outcome: str) -> None:
+    result = check_with(quickstart_site, code)
+    assert result.returncode == 1, result.stdout + result.stderr
+    if outcome.startswith("start-up stops: "):
+        message = outcome.removeprefix("start-up stops: ").strip("`")
+        assert message in result.stderr
+        assert "System check" not in result.stdout + result.stderr  # no check ran
+    else:
+        check_id = re.fullmatch(r"`manage.py check` fails: `(redis_logstream\.E00\d)`", outcome)
+        assert check_id, outcome
+        assert f"({check_id[1]})" in result.stderr
+        assert "System check identified" in result.stderr
+
+
+def test_a_misspelt_handler_option_stops_start_up_as_the_doc_shows(quickstart_site: Path) -> None:
+    result = check_with(quickstart_site, 'LOGGING["handlers"]["redis"]["stream_maxln"] = 5000')
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    position = 0
+    for expected in documented_startup_error():
+        position = lines.index(expected, position) + 1  # each line, in this order

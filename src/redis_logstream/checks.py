@@ -1,5 +1,13 @@
-"""System checks: a misconfigured handler is reported by ``manage.py check``
-with the option's name and a hint, before any record is lost.
+"""System checks: what start-up does not already refuse.
+
+A handler in LOGGING checks its options (and ``settings.REDIS_LOGSTREAM``)
+when Django builds it, in ``django.setup()`` before any check runs, and a
+mistake there stops start-up with the option's name: failing at once beats
+a site that runs without its logs.  These checks cover the rest, with the
+same messages and a hint: ``REDIS_LOGSTREAM`` in a site whose LOGGING builds
+no handler (one that only reads), LOGGING entries when Django does not
+configure logging from LOGGING (``LOGGING_CONFIG = None``), the console's
+settings, read only when someone watches, and the middleware's place.
 
 Ids: ``redis_logstream.E001`` no usable connection, ``E002`` unknown option,
 ``E003`` invalid value, ``W001`` middleware placed before authentication.
