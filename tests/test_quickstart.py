@@ -145,7 +145,11 @@ def quickstart_server(tmp_path: Path, redis_url: str) -> Iterator[tuple[Path, st
         yield site, base
     finally:
         server.terminate()
-        server.wait(10)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)
         log.close()
 
 
