@@ -15,30 +15,36 @@ from quickstart_site import ROOT
 
 DOCS = ROOT / "docs"
 _LINK = re.compile(r"\[(?P<text>[^\]]+)\]\((?P<target>[^)\s]+)\)")
-_FIELD_ROW = re.compile(r"^\| `(?P<name>\w+)` \|")
+_FIELD_ROW = re.compile(r"^\| `(?P<name>\w+)` \| (?P<type>[^|]+) \| (?P<present>[^|]+) \|")
 
 
-def documented_fields() -> list[str]:
+def documented_fields() -> dict[str, tuple[str, str]]:
+    """The field table of wire-format.md: name -> (JSON type, when present)."""
     text = (DOCS / "wire-format.md").read_text()
     table = text.split("## Fields", 1)[1].split("\n\n", 2)[1]
-    return [m["name"] for m in map(_FIELD_ROW.match, table.splitlines()) if m]
+    rows = [m for m in map(_FIELD_ROW.match, table.splitlines()) if m]
+    assert len(rows) == len({m["name"] for m in rows})
+    return {m["name"]: (m["type"], m["present"]) for m in rows}
 
 
-def emitted_fields() -> dict[str, set[str]]:
-    """The keys the encoder writes, for a plain record and for one it cuts."""
+def encoded(*items: tuple[str, int, float, str, object]) -> list[dict[str, object]]:
     encode = Encoder(max_message_bytes=256)
-    plain = ("checkout started", 20, 1764028888.1234567, "shop.views", "User.alice")
-    cut = ("x" * 1000, 40, 1764028888.0, "shop.views", None)
-    return {name: set(json.loads(encode(item)[1])) for name, item in
-            (("plain", plain), ("cut", cut))}  # fmt: skip
+    return [json.loads(encode(item)[1]) for item in items]
 
 
 def test_every_field_the_encoder_writes_is_documented_and_no_other() -> None:
-    fields = emitted_fields()
+    plain, cut, odd = encoded(
+        ("checkout started", 20, 1764028888.1234567, "shop.views", "User.alice"),
+        ("x" * 1000, 40, 1764028888.0, "shop.views", None),
+        ("m", 25, float("nan"), "root", None),
+    )
     documented = documented_fields()
-    assert len(documented) == len(set(documented))
-    assert set(documented) == fields["plain"] | fields["cut"]
-    assert fields["cut"] - fields["plain"] == {"truncated"}
+    assert set(documented) == set(plain) | set(cut) | set(odd)
+    always = {name for name, (_type, present) in documented.items() if present == "always"}
+    assert always == set(plain) == set(odd) == set(cut) - {"truncated"}
+    assert cut["truncated"] is True and documented["truncated"][0] == "`true`"
+    nullable = {name for name, (kind, _present) in documented.items() if "null" in kind}
+    assert nullable == {name for name, value in odd.items() if value is None}
 
 
 def test_the_wire_format_gives_the_timestamp_in_the_form_the_encoder_writes() -> None:
