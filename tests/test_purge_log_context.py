@@ -345,3 +345,24 @@ def test_purged_key_names_are_printed_with_terminal_controls_escaped(
     lines = purge("--all", "--yes")
     assert lines[0] == "deleted stream:logs:evil\\x1b]0;owned\\x07\\u202e\\x9b (1 entry)"
     assert not any(c in "".join(lines) for c in "\x1b\x07\u202e\x9b")
+
+
+def test_erasure_on_a_cluster_finds_the_hash_tagged_global_stream(handlers, cluster) -> None:
+    hosts = ",".join(url.split("//")[1].rsplit("/", 1)[0] for url in cluster.urls[:2])
+    url = f"redis+cluster://{hosts}"
+    write = Writer(handlers(url=url))
+    for i in range(6):
+        write(f"record {i}", (ALICE, BOB)[i % 2], flush=False)
+    write.flush()
+    client = cluster.client()
+    (entry_id, fields), *_ = client.xrange("stream:logs:{global}")
+    client.xadd("stream:logs/dead-letter/audit", {"data": fields[b"data"], "id": entry_id})
+
+    assert purge(ALICE, "--url", url) == [
+        "deleted stream:logs:{User.alice} (3 entries)",
+        "removed 3 entries from stream:logs:{global} (6 scanned)",
+        "removed 1 entry from stream:logs/dead-letter/audit (1 scanned)",
+        "deleted 1 stream and 4 entries from 2 shared streams, 7 entries in all",
+    ]
+    assert contexts_in(client, "stream:logs:{global}") == [BOB] * 3
+    assert client.xlen("stream:logs/dead-letter/audit") == 0
