@@ -40,11 +40,11 @@ __all__ = [
 DESCRIPTION = """\
 Delete the Redis streams that keep the log records of the named contexts
 (and the site-wide global stream with --global, or every log stream with
---all --yes), printing for each stream whether it was deleted and how many
-entries it held.  The named contexts' records are also removed from the
-global stream and from the consumer groups' dead-letter streams, which keep
-copies of them (read page by page; --streams-only skips that), printing how
-many entries went from each.
+--all --yes, the consumer groups' dead-letter streams included), printing
+for each stream whether it was deleted and how many entries it held.  The
+named contexts' records are also removed from the global stream and from
+the dead-letter streams, which keep copies of them (read page by page;
+--streams-only skips that), printing how many entries went from each.
 
 Streams also expire on their own (CONTEXT_TTL, GLOBAL_TTL); use this when
 records must go now, e.g. when a user asks for their data to be removed.
@@ -90,8 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, site: bool) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--all", dest="everything", action="store_true",
-        help="delete every log stream (all contexts and the global one), found with "
-        "SCAN; needs --yes and no CONTEXT",
+        help="delete every log stream (all contexts, the global one and the dead-letter "
+        "streams), found with SCAN; needs --yes and no CONTEXT",
     )  # fmt: skip
     parser.add_argument(
         "--yes", action="store_true",
@@ -189,7 +189,7 @@ def purge(client: Any, names: Names, request: PurgeRequest, out: TextIO) -> int:
     """
     with redis_errors(client):
         if request.everything:
-            keys = all_streams(client, names)
+            keys = all_streams(client, names) + dead_letter_streams(client, names)
         else:
             keys = [names.stream(context) for context in request.contexts]
             if request.include_global:
