@@ -366,3 +366,15 @@ def test_erasure_on_a_cluster_finds_the_hash_tagged_global_stream(handlers, clus
     ]
     assert contexts_in(client, "stream:logs:{global}") == [BOB] * 3
     assert client.xlen("stream:logs/dead-letter/audit") == 0
+
+
+def test_all_deletes_the_dead_letter_streams_too(write: Writer, redis_client: redis.Redis) -> None:
+    write("x", ALICE)
+    redis_client.xadd("stream:logs/dead-letter/audit", {"data": "{}"})
+    assert purge("--all", "--yes") == [
+        "deleted stream:logs:User.alice (1 entry)",
+        "deleted stream:logs:global (1 entry)",
+        "deleted stream:logs/dead-letter/audit (1 entry)",
+        "deleted 3 streams, 3 entries in all",
+    ]
+    assert redis_client.dbsize() == 0

@@ -43,11 +43,20 @@ _UID = "redis_logstream.purge_user_contexts"
 
 
 def connect() -> None:
-    """Connect the receivers to the user model (AppConfig.ready)."""
-    from django.conf import settings
+    """Connect the receivers to the user model (AppConfig.ready).
+
+    A site without a user model (no ``django.contrib.auth``) gets nothing
+    connected: a lazy reference to a model that never loads would be a
+    system check error.
+    """
+    from django.contrib.auth import get_user_model
+    from django.core.exceptions import ImproperlyConfigured
     from django.db.models.signals import post_delete, post_save, pre_save
 
-    model = settings.AUTH_USER_MODEL  # a lazy reference: "app_label.Model"
+    try:
+        model = get_user_model()
+    except (ImproperlyConfigured, LookupError, RuntimeError):
+        return
     pre_save.connect(_remember_username, sender=model, dispatch_uid=_UID, weak=False)
     post_save.connect(_purge_renamed, sender=model, dispatch_uid=_UID, weak=False)
     post_delete.connect(_purge_deleted, sender=model, dispatch_uid=_UID, weak=False)
