@@ -12,14 +12,21 @@ import logging
 import queue
 import re
 import signal
+import subprocess
+import sys
 import threading
+import time
+import uuid
 
+import amqp
 import pytest
 import redis
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
 
+from redis_logstream import log_context
+from redis_logstream.amqp import AmqpLogHandler
 from redis_logstream.management.commands.tail_logs import Command
 from redis_logstream.naming import Names
 from redis_logstream.reader import StreamReader, client_for_url, decode_entry
@@ -349,3 +356,42 @@ def test_console_script_output_is_escaped_in_both_modes(
     assert not RAW_CONTROLS.search(as_json + as_text)
     assert json.loads(as_json)["message"] == HOSTILE
     assert "\\x1b]0;owned\\x07" in as_text
+
+
+def test_tail_amqp_output_is_escaped_too(rabbit_url: str) -> None:
+    """``redis-logstream tail --amqp`` prints through the same renderer."""
+    exchange = f"test-logs-{uuid.uuid4().hex[:10]}"
+    broker = amqp.Connection("127.0.0.1:5672")
+    broker.connect()
+    channel = broker.channel()
+    channel.exchange_declare(exchange, "topic", durable=False, auto_delete=False)
+    handler = AmqpLogHandler(url=rabbit_url, exchange=exchange, flush_interval=0.01)
+    logger = logging.Logger("shop", logging.DEBUG)
+    logger.addHandler(handler)
+    outputs = []
+    try:
+        for mode in ("--json", "--no-color"):
+            tail = subprocess.Popen(
+                [sys.executable, "-m", "redis_logstream.cli", "tail", "--amqp", rabbit_url,
+                 "--exchange", exchange, mode],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            try:
+                assert "listening to" in tail.stderr.readline()
+                with log_context(ALICE):
+                    logger.error(HOSTILE)
+                assert handler.flush(5)
+                time.sleep(0.5)  # published: give the listener time to print it
+            finally:
+                tail.send_signal(signal.SIGINT)
+                out, err = tail.communicate(timeout=10)
+            assert tail.returncode == 0, err
+            outputs.append(out)
+    finally:
+        handler.close()
+        channel.exchange_delete(exchange)
+        broker.close()
+    as_json, as_text = outputs
+    assert not RAW_CONTROLS.search(as_json + as_text.replace("\n", ""))
+    assert json.loads(as_json)["message"] == HOSTILE
+    assert "\\x1b]0;owned\\x07" in as_text and "\\u202eevil" in as_text
