@@ -43,7 +43,8 @@ WRITER = "resetchannels ~stream:logs:* &logs:* +evalsha +eval +publish +xadd +xt
 READER = "resetchannels %R~stream:logs:* +xrevrange +xrange +xread +time +client|setname"
 SITE = WRITER + " +xrevrange +xrange +xread +time +client|setname"  # one user for a whole site
 LISTENER = "resetchannels &logs:* +subscribe +psubscribe"
-PURGER = "resetchannels ~stream:logs:* +scan +type +xlen +multi +exec +del"
+PURGER = ("resetchannels ~stream:logs:* ~stream:logs/dead-letter/* +scan +type +xlen +multi +exec "
+          "+del +xrevrange +xrange +xdel")  # fmt: skip
 ROLES = {"logwriter": WRITER, "logreader": READER, "logsite": SITE, "loglistener": LISTENER,
          "logpurger": PURGER}  # fmt: skip
 
@@ -342,13 +343,17 @@ def test_the_purge_line_lets_purge_log_context_delete_streams(
     acl: SecureRedisServer, handlers: Handlers
 ) -> None:
     write_records(handlers, acl.url_for("logwriter"), "a", "b")
+    admin = acl.admin_client()
+    (entry_id, fields), *_ = admin.xrange(GLOBAL_KEY)
+    admin.xadd("stream:logs/dead-letter/audit", {"data": fields[b"data"], "id": entry_id})
     out = io.StringIO()
     call_command("purge_log_context", ALICE, "--url", acl.url_for("logpurger"), stdout=out)
     call_command("purge_log_context", "--all", "--yes", "--url", acl.url_for("logpurger"),
                  stdout=out)  # fmt: skip
     assert f"deleted {ALICE_KEY} (2 entries)" in out.getvalue()
-    assert f"deleted {GLOBAL_KEY} (2 entries)" in out.getvalue()
-    assert acl.admin_client().dbsize() == 0 and acl.denials() == []
+    assert f"removed 2 entries from {GLOBAL_KEY} (2 scanned)" in out.getvalue()
+    assert "removed 1 entry from stream:logs/dead-letter/audit (1 scanned)" in out.getvalue()
+    assert admin.dbsize() == 0 and acl.denials() == []
 
 
 def test_the_documented_acl_lines_are_the_tested_ones() -> None:

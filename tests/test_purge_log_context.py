@@ -7,11 +7,14 @@ Exit statuses are checked through the command's real argv path
 from __future__ import annotations
 
 import io
+import json
+import tracemalloc
 
 import pytest
 import redis
 from django.core.management import call_command
 
+from redis_logstream.erase import erase_entries
 from redis_logstream.management.commands.purge_log_context import Command
 from redis_logstream.naming import Names
 from redis_logstream.purge import all_streams, glob_escape
@@ -51,14 +54,14 @@ def test_deletes_named_streams_and_reports_their_entries(
         write("b", BOB, flush=False)
     write.flush()
 
-    assert purge(ALICE, BOB, "User.carol") == [
+    assert purge(ALICE, BOB, "User.carol", "--streams-only") == [
         "deleted stream:logs:User.alice (3 entries)",
         "deleted stream:logs:User.bob (2 entries)",
         "stream:logs:User.carol: no such stream",
         "deleted 2 streams, 5 entries in all",
     ]
     assert list(redis_client.scan_iter("stream:logs:User.*")) == []
-    assert redis_client.xlen("stream:logs:global") == 5  # only with --global
+    assert redis_client.xlen("stream:logs:global") == 5  # --streams-only: left there
 
 
 def test_global_option_deletes_the_global_stream_too(
@@ -83,7 +86,7 @@ def test_contexts_are_named_as_the_handler_encodes_them(
 
 def test_dry_run_deletes_nothing(write: Writer, redis_client: redis.Redis) -> None:
     write("keep me", ALICE)
-    assert purge(ALICE, "--global", "--dry-run") == [
+    assert purge(ALICE, "--global", "--dry-run", "--streams-only") == [
         "would delete stream:logs:User.alice (1 entry)",
         "would delete stream:logs:global (1 entry)",
         "would delete 2 streams, 2 entries in all",
@@ -189,3 +192,189 @@ def test_help_reads_like_a_man_page() -> None:
     assert "\nEXAMPLES\n" in text
     assert "      manage.py purge_log_context --all --yes\n" in text
     assert "(default: --all refuses to run)" in text
+
+
+# Erasure: a context's records are also copied into the global stream and,
+# when a consumer group gives up on one, into its dead-letter stream.
+
+
+def dead_letter(client: redis.Redis, group: str, entry_id: bytes, fields: dict) -> None:
+    """File a record in a group's dead-letter stream with the fields the
+    group consumer writes there: the original ``data`` plus where it came
+    from and why it was refused."""
+    client.xadd(
+        f"stream:logs/dead-letter/{group}",
+        {"data": fields[b"data"], "stream": "stream:logs:global", "id": entry_id,
+         "group": group, "consumer": "worker-1", "attempts": 5, "reason": "boom"},
+    )  # fmt: skip
+
+
+def contexts_in(client: redis.Redis, key: str) -> list[str | None]:
+    return [json.loads(fields[b"data"])["context"] for _, fields in client.xrange(key)]
+
+
+def test_purging_a_context_erases_it_from_the_global_and_dead_letter_streams(
+    write: Writer, redis_client: redis.Redis
+) -> None:
+    for i in range(6):
+        write(f"record {i}", (ALICE, BOB, None)[i % 3], flush=False)
+    write("alice again, with a traceback", ALICE, exc_info=(ValueError, ValueError("x"), None))
+    for entry_id, fields in redis_client.xrange("stream:logs:global"):
+        dead_letter(redis_client, "audit", entry_id, fields)
+    redis_client.xadd("stream:logs/dead-letter/billing", {"data": "not json"})
+
+    assert purge(ALICE) == [
+        "deleted stream:logs:User.alice (3 entries)",
+        "removed 3 entries from stream:logs:global (7 scanned)",
+        "removed 3 entries from stream:logs/dead-letter/audit (7 scanned)",
+        "removed 0 entries from stream:logs/dead-letter/billing (1 scanned)",
+        "deleted 1 stream and 6 entries from 3 shared streams, 9 entries in all",
+    ]
+    assert not redis_client.exists(f"stream:logs:{ALICE}")
+    others = [BOB, None, BOB, None]
+    assert contexts_in(redis_client, "stream:logs:global") == others
+    assert contexts_in(redis_client, "stream:logs/dead-letter/audit") == others
+    assert redis_client.xlen("stream:logs/dead-letter/billing") == 1
+    assert redis_client.xlen(f"stream:logs:{BOB}") == 2
+
+
+def test_dry_run_counts_exactly_what_the_erasure_then_removes(
+    write: Writer, redis_client: redis.Redis
+) -> None:
+    for i in range(10):
+        write(f"record {i}", (ALICE, BOB)[i % 2], flush=False)
+    write.flush()
+    for entry_id, fields in redis_client.xrange("stream:logs:global")[:4]:
+        dead_letter(redis_client, "audit", entry_id, fields)
+    before = redis_client.xrange("stream:logs:global")
+
+    dry = purge(ALICE, BOB, "--dry-run")
+    assert redis_client.xrange("stream:logs:global") == before
+    assert redis_client.xlen("stream:logs/dead-letter/audit") == 4
+    done = purge(ALICE, BOB)
+    assert [line.replace("would delete", "deleted").replace("would remove", "removed")
+            for line in dry] == done  # fmt: skip
+    assert done[-1] == "deleted 2 streams and 14 entries from 2 shared streams, 24 entries in all"
+    assert redis_client.xlen("stream:logs:global") == 0
+    assert redis_client.xlen("stream:logs/dead-letter/audit") == 0
+
+
+def test_with_global_the_global_stream_goes_whole_and_dead_letters_are_still_erased(
+    write: Writer, redis_client: redis.Redis
+) -> None:
+    write("a", ALICE)
+    (entry_id, fields), = redis_client.xrange("stream:logs:global")
+    dead_letter(redis_client, "audit", entry_id, fields)
+    assert purge(ALICE, "--global") == [
+        "deleted stream:logs:User.alice (1 entry)",
+        "deleted stream:logs:global (1 entry)",
+        "removed 1 entry from stream:logs/dead-letter/audit (1 scanned)",
+        "deleted 2 streams and 1 entry from 1 shared stream, 3 entries in all",
+    ]
+
+
+def test_erasure_reads_page_by_page_to_the_end_it_saw_first(redis_client: redis.Redis) -> None:
+    key = "stream:logs:global"
+    for i in range(10):
+        context = ALICE if i in (0, 2, 3, 8, 9) else BOB
+        redis_client.xadd(key, {"data": json.dumps({"message": str(i), "context": context})})
+    pages = []
+    real_xrange = redis_client.xrange
+
+    def xrange(*args, **kwargs):
+        rows = real_xrange(*args, **kwargs)
+        pages.append(len(rows))
+        if len(pages) == 1:  # a record that arrives during the scan is not read
+            redis_client.xadd(key, {"data": json.dumps({"context": ALICE})})
+        return rows
+
+    redis_client.xrange = xrange
+    erasure = erase_entries(redis_client, key, [ALICE], page=3)
+    assert (erasure.scanned, erasure.removed) == (10, 5)
+    assert pages == [3, 3, 3, 1]
+    del redis_client.xrange
+    assert [json.loads(f[b"data"]).get("message") for _, f in redis_client.xrange(key)] == [
+        "1", "4", "5", "6", "7", None,
+    ]  # fmt: skip
+
+
+def test_erasure_finds_records_whatever_their_json_escapes(redis_client: redis.Redis) -> None:
+    """Another producer may escape any character of the context (``\\u0041``)."""
+    key = "stream:logs:global"
+    redis_client.xadd(key, {"data": '{"context": "User.\\u0061lice", "message": "escaped"}'})
+    redis_client.xadd(key, {"data": '{"context": "User.alice2", "message": "not hers"}'})
+    redis_client.xadd(key, {"data": '{"message": "User.alice named, no context"}'})
+    redis_client.xadd(key, {"other": "field"})
+    assert purge(ALICE)[1] == "removed 1 entry from stream:logs:global (4 scanned)"
+    assert redis_client.xlen(key) == 3
+
+
+def test_erasure_of_a_large_global_stream_keeps_memory_bounded(redis_client: redis.Redis) -> None:
+    """100,000 entries, 1% of them alice's: every one of hers goes, and the
+    purge's peak of Python memory stays far below the stream's size."""
+    key, total = "stream:logs:global", 100_000
+    record = {
+        "message": "GET /checkout 200 " + "x" * 200, "level": "INFO", "levelno": 20,
+        "timestamp": 1764028932.0151234, "logger": "shop.views", "pod": "web-1", "pid": 42,
+    }  # fmt: skip
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(total):
+        context = ALICE if i % 100 == 7 else f"User.u{i % 50}"
+        pipe.xadd(key, {"data": json.dumps({**record, "context": context})})
+        if i % 5000 == 4999:
+            pipe.execute()
+    pipe.execute()
+    stream_bytes = redis_client.memory_usage(key)
+
+    tracemalloc.start()
+    try:
+        lines = purge(ALICE)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert lines[1] == f"removed 1000 entries from stream:logs:global ({total} scanned)"
+    assert redis_client.xlen(key) == total - 1000
+    assert ALICE not in contexts_in(redis_client, key)
+    assert peak < 16 * 2**20 < stream_bytes  # one page of 1000 entries, not the stream
+
+
+def test_purged_key_names_are_printed_with_terminal_controls_escaped(
+    redis_client: redis.Redis,
+) -> None:
+    redis_client.xadd("stream:logs:evil\x1b]0;owned\x07\u202e\x9b", {"data": "{}"})
+    lines = purge("--all", "--yes")
+    assert lines[0] == "deleted stream:logs:evil\\x1b]0;owned\\x07\\u202e\\x9b (1 entry)"
+    assert not any(c in "".join(lines) for c in "\x1b\x07\u202e\x9b")
+
+
+def test_erasure_on_a_cluster_finds_the_hash_tagged_global_stream(handlers, cluster) -> None:
+    hosts = ",".join(url.split("//")[1].rsplit("/", 1)[0] for url in cluster.urls[:2])
+    url = f"redis+cluster://{hosts}"
+    write = Writer(handlers(url=url))
+    for i in range(6):
+        write(f"record {i}", (ALICE, BOB)[i % 2], flush=False)
+    write.flush()
+    client = cluster.client()
+    (entry_id, fields), *_ = client.xrange("stream:logs:{global}")
+    client.xadd("stream:logs/dead-letter/audit", {"data": fields[b"data"], "id": entry_id})
+
+    assert purge(ALICE, "--url", url) == [
+        "deleted stream:logs:{User.alice} (3 entries)",
+        "removed 3 entries from stream:logs:{global} (6 scanned)",
+        "removed 1 entry from stream:logs/dead-letter/audit (1 scanned)",
+        "deleted 1 stream and 4 entries from 2 shared streams, 7 entries in all",
+    ]
+    assert contexts_in(client, "stream:logs:{global}") == [BOB] * 3
+    assert client.xlen("stream:logs/dead-letter/audit") == 0
+
+
+def test_all_deletes_the_dead_letter_streams_too(write: Writer, redis_client: redis.Redis) -> None:
+    write("x", ALICE)
+    redis_client.xadd("stream:logs/dead-letter/audit", {"data": "{}"})
+    assert purge("--all", "--yes") == [
+        "deleted stream:logs:User.alice (1 entry)",
+        "deleted stream:logs:global (1 entry)",
+        "deleted stream:logs/dead-letter/audit (1 entry)",
+        "deleted 3 streams, 3 entries in all",
+    ]
+    assert redis_client.dbsize() == 0

@@ -12,14 +12,21 @@ import logging
 import queue
 import re
 import signal
+import subprocess
+import sys
 import threading
+import time
+import uuid
 
+import amqp
 import pytest
 import redis
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
 
+from redis_logstream import log_context
+from redis_logstream.amqp import AmqpLogHandler
 from redis_logstream.management.commands.tail_logs import Command
 from redis_logstream.naming import Names
 from redis_logstream.reader import StreamReader, client_for_url, decode_entry
@@ -290,3 +297,101 @@ def test_a_lone_surrogate_from_another_producer_prints_as_an_escape() -> None:
     text = Renderer(utc=True).text(entry)
     assert "x \\ud800 y" in text
     text.encode("utf-8")  # printable on any UTF-8 terminal
+
+
+#: A title change (OSC 0 ... BEL), a one-character CSI (U+009B), a right-to-left
+#: override, the bidi marks and isolates: nothing here may reach a terminal raw.
+HOSTILE = (
+    "set \x1b]0;owned\x07 csi \x9b31m rlo \u202eevil\u202c lrm \u200e alm \u061c "
+    "fsi \u2068x\u2069 del \x7f"
+)
+RAW_CONTROLS = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def test_json_output_escapes_terminal_controls_and_decodes_to_the_stored_text(
+    write: Writer, redis_client: redis.Redis
+) -> None:
+    write(HOSTILE, ALICE, logger=f"evil\u202e.{chr(0x9b)}")
+    # Another producer's entries: raw ESC inside a JSON string (not strict
+    # JSON, so shown whole as the message), and a payload that is no JSON.
+    key = f"stream:logs:{ALICE}"
+    lax = '{"message": "raw \x1b]0;t\x07 \u202e", "level": "INFO"}'
+    redis_client.xadd(key, {"data": lax})
+    redis_client.xadd(key, {"data": "plain \x1b[2J\x9b\u202e text"})
+
+    lines = tail_logs(ALICE, "--json").splitlines()
+    assert len(lines) == 3
+    assert not any(RAW_CONTROLS.search(line) for line in lines)
+    records = [json.loads(line) for line in lines]
+    assert records[0]["message"] == HOSTILE
+    assert records[0]["logger"] == f"evil\u202e.{chr(0x9b)}"
+    assert records[1] == {"message": lax, "level": "?"}
+    assert records[2]["message"] == "plain \x1b[2J\x9b\u202e text"
+    assert "\\u001b]0;owned\\u0007" in lines[0] and "\\u009b" in lines[0]
+
+
+def test_text_output_shows_c1_and_bidi_controls_as_escapes(write: Writer) -> None:
+    write(HOSTILE, ALICE, logger=f"evil\u202e.{chr(0x9b)}")
+
+    output = tail_logs(ALICE, stdout=Terminal(), no_color=True)
+    assert not RAW_CONTROLS.search(output.replace("\n", ""))
+    assert (
+        "set \\x1b]0;owned\\x07 csi \\x9b31m rlo \\u202eevil\\u202c lrm \\u200e alm \\u061c "
+        "fsi \\u2068x\\u2069 del \\x7f"
+    ) in output
+    assert "evil\\u202e.\\x9b:" in output
+
+
+def test_console_script_output_is_escaped_in_both_modes(
+    write: Writer, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from redis_logstream.cli import main
+
+    write(HOSTILE, ALICE)
+    assert main(["tail", "--url", redis_url, ALICE, "--json"]) == 0
+    assert main(["tail", "--url", redis_url, ALICE, "--no-color"]) == 0
+    as_json, as_text = capsys.readouterr().out.splitlines()
+    assert not RAW_CONTROLS.search(as_json + as_text)
+    assert json.loads(as_json)["message"] == HOSTILE
+    assert "\\x1b]0;owned\\x07" in as_text
+
+
+def test_tail_amqp_output_is_escaped_too(rabbit_url: str) -> None:
+    """``redis-logstream tail --amqp`` prints through the same renderer."""
+    exchange = f"test-logs-{uuid.uuid4().hex[:10]}"
+    broker = amqp.Connection("127.0.0.1:5672")
+    broker.connect()
+    channel = broker.channel()
+    channel.exchange_declare(exchange, "topic", durable=False, auto_delete=False)
+    handler = AmqpLogHandler(url=rabbit_url, exchange=exchange, flush_interval=0.01)
+    logger = logging.Logger("shop", logging.DEBUG)
+    logger.addHandler(handler)
+    outputs = []
+    try:
+        for mode in ("--json", "--no-color"):
+            tail = subprocess.Popen(
+                [sys.executable, "-m", "redis_logstream.cli", "tail", "--amqp", rabbit_url,
+                 "--exchange", exchange, mode],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            try:
+                assert "listening to" in tail.stderr.readline()
+                with log_context(ALICE):
+                    logger.error(HOSTILE)
+                assert handler.flush(5)
+                time.sleep(0.5)  # published: give the listener time to print it
+            finally:
+                tail.send_signal(signal.SIGINT)
+                out, err = tail.communicate(timeout=10)
+            assert tail.returncode == 0, err
+            outputs.append(out)
+    finally:
+        handler.close()
+        channel.exchange_delete(exchange)
+        broker.close()
+    as_json, as_text = outputs
+    assert not RAW_CONTROLS.search(as_json + as_text.replace("\n", ""))
+    assert json.loads(as_json)["message"] == HOSTILE
+    assert "\\x1b]0;owned\\x07" in as_text and "\\u202eevil" in as_text

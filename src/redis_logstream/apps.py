@@ -7,7 +7,8 @@ from django.core.exceptions import ImproperlyConfigured
 class RedisLogstreamConfig(AppConfig):
     """Installing the app is optional for the handler itself; it brings the
     management commands, the system checks, the Celery integration, the
-    live console and, if asked for, the Prometheus metrics."""
+    live console, the purge of a deleted or renamed user's log context and,
+    if asked for, the Prometheus metrics."""
 
     name = "redis_logstream"
     label = "redis_logstream"
@@ -15,8 +16,10 @@ class RedisLogstreamConfig(AppConfig):
     default_auto_field = "django.db.models.AutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401 - registers the system checks
+        from . import checks, signals  # noqa: F401 - checks registers the system checks
         from .conf import site_setting
+
+        signals.connect()  # each receiver reads PURGE_USER_CONTEXTS when it runs
 
         if site_setting("celery"):
             from .celery import install_if_available

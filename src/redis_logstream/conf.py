@@ -113,6 +113,12 @@ SITE_DEFAULTS: Mapping[str, Any] = {
     "stream_history": 100,
     "stream_heartbeat": 15.0,
     "stream_max_age": 300.0,
+    # A user's log context: the model name and the username (False), or the
+    # primary key, which is never given to another user (docs/security.md).
+    "user_context_by_pk": False,
+    # Purge a user's log context when the user is deleted (their records in
+    # the global and dead-letter streams too) or renamed (docs/security.md).
+    "purge_user_contexts": True,
 }
 
 

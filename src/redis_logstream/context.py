@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from .conf import site_setting
+
 __all__ = [
     "MAX_CONTEXT_LENGTH",
     "RESERVED_CONTEXTS",
@@ -28,6 +30,7 @@ __all__ = [
     "log_context",
     "reset_log_context",
     "set_log_context",
+    "user_context_name",
     "user_id_context",
     "validate_context",
 ]
@@ -164,21 +167,36 @@ def internal_context() -> Iterator[None]:
 
 
 def get_user_context(user: Any) -> str:
-    """Name the context of a user: model class name, a dot, the username.
+    """Name the context of a user: model class name, a dot, the username
+    (or the primary key, with the site setting ``USER_CONTEXT_BY_PK``).
 
     Works with custom user models (``USERNAME_FIELD``) and with
-    ``request.user``'s lazy wrapper, whose class is not the model's.
+    ``request.user``'s lazy wrapper, whose class is not the model's.  The
+    middleware, the console's access rules and the purge on deletion all
+    name a user's context through here, so they always agree.
     """
     # Reading an attribute makes a lazy wrapper load the user it wraps.
     if getattr(user, "is_anonymous", False):
         raise ValueError("An anonymous user has no log context.")
     if hasattr(user, "_setup") and hasattr(user, "_wrapped"):
         user = user._wrapped
+    if site_setting("user_context_by_pk"):
+        key = getattr(user, "pk", None)
+        if key is None:
+            raise ValueError(f"{user!r} has no primary key (not saved) to name a log context.")
+        return user_context_name(type(user), key)
     get_username = getattr(user, "get_username", None)
     username = get_username() if callable(get_username) else getattr(user, "username", None)
     if username is None or username == "":
         raise ValueError(f"{user!r} has no username to name a log context.")
-    return validate_context(f"{type(user).__name__}.{username}")
+    return user_context_name(type(user), username)
+
+
+def user_context_name(user_class: type, key: object) -> str:
+    """The context of the user of ``user_class`` named ``key`` (a username,
+    or a primary key): what :func:`get_user_context` says of that user,
+    also once the user is gone or renamed."""
+    return validate_context(f"{user_class.__name__}.{key}")
 
 
 def job_id_factory(prefix: str = "job") -> str:

@@ -80,3 +80,9 @@ class Names:
     @property
     def global_channel_name(self) -> str:
         return self.channel(None)
+
+    @property
+    def dead_letter_prefix(self) -> str:
+        """Where consumer groups' dead-letter streams live by default:
+        ``<stream_prefix><prefix>/dead-letter/<group>``."""
+        return f"{self.stream_prefix}{self.channel_prefix}/dead-letter/"

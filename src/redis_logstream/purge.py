@@ -1,11 +1,15 @@
 """``purge``: deleting log streams, behind ``manage.py purge_log_context``
-(and a later ``redis-logstream purge``).
+(and a later ``redis-logstream purge``), and when a user is deleted.
 
 Streams expire on their own (``context_ttl``, ``global_ttl``); purging is
-for when a user's records must go now.  It says, stream by stream, what it
-deleted and how much that stream held, because "done" is not an answer an
-operator can check.  ``--all`` finds streams with ``SCAN`` (``KEYS`` would
-freeze a busy Redis) and deletes only keys that are streams.
+for when a user's records must go now.  A context's records live in its own
+stream and, as copies, in the global stream and in dead-letter streams, so
+purging a context also removes its entries from those (:mod:`.erase`)
+unless told not to.  It says, stream by stream, what it deleted and how
+much, because "done" is not an answer an operator can check.  ``--all``
+finds streams with ``SCAN`` (``KEYS`` would freeze a busy Redis) and
+deletes only keys that are streams.  Key names are printed escaped: another
+program may have named a key with terminal controls.
 """
 
 from __future__ import annotations
@@ -17,16 +21,30 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from .cmdline import USAGE, CommandFailed, add_naming_arguments, check_context, redis_errors
+from .erase import Erasure, erase_entries
 from .naming import Names
+from .render import safe
 from .topology import is_cluster
 
-__all__ = ["DESCRIPTION", "PurgeRequest", "add_arguments", "epilog", "glob_escape", "purge"]
+__all__ = [
+    "DESCRIPTION",
+    "PurgeRequest",
+    "add_arguments",
+    "all_streams",
+    "dead_letter_streams",
+    "epilog",
+    "glob_escape",
+    "purge",
+]
 
 DESCRIPTION = """\
 Delete the Redis streams that keep the log records of the named contexts
 (and the site-wide global stream with --global, or every log stream with
---all --yes), printing for each stream whether it was deleted and how many
-entries it held.
+--all --yes, the consumer groups' dead-letter streams included), printing
+for each stream whether it was deleted and how many entries it held.  The
+named contexts' records are also removed from the global stream and from
+the dead-letter streams, which keep copies of them (read page by page;
+--streams-only skips that), printing how many entries went from each.
 
 Streams also expire on their own (CONTEXT_TTL, GLOBAL_TTL); use this when
 records must go now, e.g. when a user asks for their data to be removed.
@@ -41,7 +59,8 @@ EXIT STATUS
   context, --all without --yes).
 
 EXAMPLES
-{extra}  Delete one user's stream:
+{extra}  Erase one user's records (her stream, and her entries in the global and
+  dead-letter streams):
       {prog} User.alice
 
   See what would go, then delete two jobs' streams and the global one:
@@ -71,8 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, site: bool) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--all", dest="everything", action="store_true",
-        help="delete every log stream (all contexts and the global one), found with "
-        "SCAN; needs --yes and no CONTEXT",
+        help="delete every log stream (all contexts, the global one and the dead-letter "
+        "streams), found with SCAN; needs --yes and no CONTEXT",
     )  # fmt: skip
     parser.add_argument(
         "--yes", action="store_true",
@@ -81,6 +100,11 @@ def add_arguments(parser: argparse.ArgumentParser, *, site: bool) -> None:
     parser.add_argument(
         "--dry-run", action="store_true",
         help="print what would be deleted, and delete nothing (default: delete)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--streams-only", action="store_true",
+        help="delete the contexts' own streams only, leaving their records in the global "
+        "and dead-letter streams (default: remove those too, which reads those streams whole)",
     )  # fmt: skip
     add_naming_arguments(parser, site=site)
 
@@ -93,6 +117,7 @@ class PurgeRequest:
     include_global: bool = False
     everything: bool = False
     dry_run: bool = False
+    streams_only: bool = False
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> PurgeRequest:
@@ -111,6 +136,7 @@ class PurgeRequest:
             include_global=include_global,
             everything=everything,
             dry_run=bool(options.get("dry_run")),
+            streams_only=bool(options.get("streams_only")),
         )
 
 
@@ -136,6 +162,16 @@ def all_streams(client: Any, names: Names) -> list[Any]:
     text it is shown as.
     """
     pattern = glob_escape(f"{names.stream_prefix}{names.channel_prefix}:") + "*"
+    return _scan_streams(client, pattern)
+
+
+def dead_letter_streams(client: Any, names: Names) -> list[Any]:
+    """The consumer groups' dead-letter streams of ``names`` (default keys),
+    found with SCAN like :func:`all_streams`."""
+    return _scan_streams(client, glob_escape(names.dead_letter_prefix) + "*")
+
+
+def _scan_streams(client: Any, pattern: str) -> list[Any]:
     found = client.scan_iter(match=pattern, count=1000, _type="stream")
     return sorted(set(found), key=_text)
 
@@ -145,14 +181,15 @@ def _unique(keys: Iterable[Any]) -> list[Any]:
 
 
 def purge(client: Any, names: Names, request: PurgeRequest, out: TextIO) -> int:
-    """Delete (or with dry_run, list) the streams; return how many went.
+    """Delete (or with dry_run, list) the streams, then erase the contexts'
+    entries from the shared streams; return how many streams went.
 
     XLEN and DEL run in one MULTI, so the count printed is what was deleted
     even while records keep arriving.
     """
     with redis_errors(client):
         if request.everything:
-            keys = all_streams(client, names)
+            keys = all_streams(client, names) + dead_letter_streams(client, names)
         else:
             keys = [names.stream(context) for context in request.contexts]
             if request.include_global:
@@ -160,13 +197,13 @@ def purge(client: Any, names: Names, request: PurgeRequest, out: TextIO) -> int:
         streams = entries = 0
         verb = "would delete" if request.dry_run else "deleted"
         for key in _unique(keys):
-            shown = _text(key)
+            shown = safe(_text(key))
             kind = _text(client.type(key))
             if kind == "none":
                 out.write(f"{shown}: no such stream\n")
                 continue
             if kind != "stream":
-                out.write(f"{shown}: left alone, it is a {kind}, not a stream\n")
+                out.write(f"{shown}: left alone, it is a {safe(kind)}, not a stream\n")
                 continue
             if request.dry_run:
                 length, gone = client.xlen(key), 1
@@ -178,11 +215,41 @@ def purge(client: Any, names: Names, request: PurgeRequest, out: TextIO) -> int:
             streams += 1
             entries += length
             out.write(f"{verb} {shown} ({_entries(length)})\n")
+        erased = _erase_shared(client, names, request, out)
     if not keys:
         out.write("no log streams found\n")
-    else:
-        out.write(f"{verb} {streams} stream{'s' * (streams != 1)}, {_entries(entries)} in all\n")
+        return streams
+    summary = f"{verb} {streams} stream{'s' * (streams != 1)}"
+    if erased:
+        removed = sum(erasure.removed for erasure in erased)
+        shared = len(erased)
+        summary += f" and {_entries(removed)} from {shared} shared stream{'s' * (shared != 1)}"
+        entries += removed
+    out.write(f"{summary}, {_entries(entries)} in all\n")
     return streams
+
+
+def _erase_shared(
+    client: Any, names: Names, request: PurgeRequest, out: TextIO
+) -> list[Erasure]:
+    """Remove the contexts' entries from the global stream (unless it was
+    deleted whole) and from the dead-letter streams; say what went from each."""
+    if not request.contexts or request.streams_only:
+        return []
+    keys = [] if request.include_global else [names.global_stream]
+    keys += dead_letter_streams(client, names)
+    verb = "would remove" if request.dry_run else "removed"
+    erased = []
+    for key in _unique(keys):
+        if _text(client.type(key)) != "stream":
+            continue  # no global stream yet, or another program's key: nothing of theirs
+        erasure = erase_entries(client, key, request.contexts, dry_run=request.dry_run)
+        erased.append(erasure)
+        out.write(
+            f"{verb} {_entries(erasure.removed)} from {safe(_text(key))} "
+            f"({erasure.scanned} scanned)\n"
+        )
+    return erased
 
 
 def _count_and_delete(client: Any, key: Any) -> tuple[int, int]:

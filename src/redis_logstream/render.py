@@ -1,11 +1,13 @@
 """Turning stream entries into lines for a person or for a program.
 
 ``HH:MM:SS.mmm LEVEL    context logger: message``, the level coloured on a
-terminal, or the stored JSON unchanged (``--json``) for ``jq`` and friends.
+terminal, or the stored JSON (``--json``) for ``jq`` and friends.
 
-Log messages carry whatever users typed, so a message must not be able to
-drive the reader's terminal: control characters (escape sequences, carriage
-returns) and bidirectional overrides are shown as visible escapes.  Newlines
+Log messages carry whatever users typed, and other producers may write
+anything, so a record must not be able to drive the reader's terminal:
+control characters (escape sequences, carriage returns, C1 controls) and
+bidirectional marks and overrides are shown as visible escapes in text, and
+as JSON escapes with ``--json`` (the same text once decoded).  Newlines
 stay, with continuation lines indented, so a traceback reads as one record.
 """
 
@@ -19,7 +21,7 @@ from typing import Any
 
 from .reader import Entry
 
-__all__ = ["INDENT", "Renderer", "use_color"]
+__all__ = ["INDENT", "Renderer", "safe", "use_color"]
 
 INDENT = "    "
 RESET = "\x1b[0m"
@@ -35,20 +37,36 @@ LEVEL_COLORS = (
 UNKNOWN_COLOR = "\x1b[35m"  # not our JSON: magenta
 ALARM = "\x1b[31m"  # the message text of ERROR and worse: red, so tracebacks stand out
 
-# C0 controls but tab and newline, DEL, C1 controls, bidi embeddings/isolates.
-# Control characters, bidirectional overrides, and lone surrogates (valid in
-# JSON, but no terminal encoding can print them).
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+#: What must not reach a terminal raw: C0 controls but tab and newline (a
+#: carriage return too, which would let a line overwrite itself), DEL, C1
+#: controls (U+009B is a one-character CSI), the bidirectional marks,
+#: embeddings, overrides and isolates (which reorder what is shown), and lone
+#: surrogates (valid in JSON, but no terminal encoding can print them).
+_UNSAFE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
 
 
-def _escape(match: re.Match[str]) -> str:
+def _visible(match: re.Match[str]) -> str:
     code = ord(match.group())
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def safe(text: str) -> str:
-    """``text`` with the characters that could drive a terminal made visible."""
-    return _UNSAFE.sub(_escape, text)
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def safe(text: str, *, in_json: bool = False) -> str:
+    """``text`` with every character that could drive a terminal made visible.
+
+    Text for a person shows them as ``\\x1b`` or ``\\u202e``.  With ``in_json``,
+    ``text`` is a JSON document and each becomes the JSON escape ``\\u001b``:
+    the line stays valid JSON that decodes to the very same characters (the
+    characters matched can only occur inside JSON strings, where an escape
+    means the character itself).  Key names and anything else printed from
+    what producers stored go through here too.
+    """
+    return _UNSAFE.sub(_json_escape if in_json else _visible, text)
 
 
 def use_color(stream: Any, force: bool | None = None) -> bool:
@@ -79,12 +97,16 @@ class Renderer:
         return self.json(entry) if self.json_lines else self.text(entry)
 
     def json(self, entry: Entry) -> str:
-        """The stored JSON as it is; one valid JSON line for anything else."""
+        """The stored JSON (one valid JSON line for anything else), with the
+        characters that could drive a terminal as JSON escapes."""
         if entry.valid:
-            text = entry.raw.decode("utf-8", "backslashreplace")
-            if "\n" not in text and "\r" not in text:
-                return text + "\n"
-        return json.dumps(entry.record, ensure_ascii=False) + "\n"
+            try:
+                text = entry.raw.decode("utf-8")
+            except UnicodeDecodeError:  # JSON in UTF-16 or -32: not ours, re-encoded
+                text = ""
+            if text and "\n" not in text and "\r" not in text:
+                return safe(text, in_json=True) + "\n"
+        return safe(json.dumps(entry.record, ensure_ascii=False), in_json=True) + "\n"
 
     def text(self, entry: Entry) -> str:
         """``HH:MM:SS.mmm LEVEL context logger: message`` with continuation
