@@ -19,10 +19,18 @@ import uuid
 import amqp
 import pytest
 from django.test import override_settings
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
-from redis_logstream import log_context
+from redis_logstream import amqp_sink, log_context
 from redis_logstream.amqp import AmqpLogHandler, binding_key, decode_word, routing_key
-from redis_logstream.amqp_routing import MAX_KEY_BYTES, encode_word
+from redis_logstream.amqp_routing import (
+    MAX_CONTEXT_WORD,
+    MAX_KEY_BYTES,
+    MAX_LEVEL_WORD,
+    SHORTENED,
+    encode_word,
+)
 
 from helpers import fresh_logger
 
@@ -311,3 +319,135 @@ def test_an_exchange_declared_otherwise_is_reported_and_nothing_is_lost(rabbit_u
         handler.close()
         broker.channel.exchange_delete(name)
         broker.close()
+
+
+# -- long contexts and records that can never be published -------------------
+
+#: A legal username of 28 CJK letters: 259 bytes once encoded.
+CJK_USER = "User." + "\u6f22" * 28
+#: Any text, lone surrogates included, as contexts may hold.
+_characters = st.one_of(st.characters(), st.characters(categories=("Cs",)))
+contexts = st.text(_characters, min_size=1, max_size=128).filter(lambda c: c != "global")
+
+
+def topic_matches(pattern: str, key: str) -> bool:
+    """AMQP topic matching: ``*`` is one word, ``#`` zero or more."""
+
+    def match(p: list[str], k: list[str]) -> bool:
+        if not p:
+            return not k
+        if p[0] == "#":
+            return any(match(p[1:], k[i:]) for i in range(len(k) + 1))
+        return bool(k) and p[0] in ("*", k[0]) and match(p[1:], k[1:])
+
+    return match(pattern.split("."), key.split("."))
+
+
+@given(contexts, st.text(_characters, max_size=300), st.text(_characters, max_size=600))
+def test_every_routing_key_fits_in_255_bytes_and_its_context_binding_matches_it(
+    context, level, logger
+):
+    level = level.upper()
+    assume(level.upper() == level)
+    key = routing_key(context, level, logger)
+    assert len(key.encode()) <= MAX_KEY_BYTES
+    assert topic_matches(binding_key(context=context), key)
+    assert topic_matches(binding_key(context=context, level=level), key)
+    assert not topic_matches(binding_key(context=context + "x"), key)
+
+
+@given(contexts, contexts)
+def test_two_contexts_never_share_a_word(first, second):
+    assume(first != second)
+    assert encode_word(first) != encode_word(second)
+
+
+@given(contexts)
+def test_a_long_context_word_is_a_decodable_prefix_and_a_digest(context):
+    full = encode_word(context, limit=10**6)
+    word = encode_word(context)
+    if len(full) <= MAX_CONTEXT_WORD:
+        assert word == full and SHORTENED not in word
+        assert decode_word(word) == context
+    else:
+        assert len(word) <= MAX_CONTEXT_WORD and word.count(SHORTENED) == 1
+        prefix, _, digest = decode_word(word).rpartition(SHORTENED)
+        assert context.startswith(prefix) and len(prefix) >= 10
+        assert len(digest) == 16 and int(digest, 16) >= 0
+
+
+def test_the_cjk_username_of_the_report_gets_a_stable_short_word():
+    word = encode_word(CJK_USER)
+    assert len(encode_word(CJK_USER, limit=10**6)) == 259
+    assert word.startswith("User%2E%E6%BC%A2") and SHORTENED in word
+    assert word == encode_word("User." + "\u6f22" * 28)  # no salt, no per-process state
+    assert len(encode_word("L" * 100, MAX_LEVEL_WORD)) == MAX_LEVEL_WORD
+
+
+def test_long_contexts_are_published_in_order_and_reach_their_bindings(broker, handler):
+    longest = "\u00fc" * 128  # 768 bytes once encoded
+    everything = broker.queue("#")
+    cjk_only = broker.queue(binding_key(context=CJK_USER))
+    longest_only = broker.queue(binding_key(context=longest, level="ERROR"))
+    logger = fresh_logger(handler)
+    expected = []
+    for part, context in (("before", CJK_USER), ("between", longest), ("after", None)):
+        for i in range(20):
+            logger.info("%s %d", part, i)
+            expected.append(f"{part} {i}")
+        if context is not None:
+            with log_context(context):
+                logger.error("from %s", context[:4])
+            expected.append(f"from {context[:4]}")
+    assert handler.flush(5)
+    got = broker.messages(everything)
+    assert [json.loads(m.body)["message"] for m in got] == expected
+    assert max(len(m.delivery_info["routing_key"].encode()) for m in got) <= MAX_KEY_BYTES
+    assert [json.loads(m.body)["context"] for m in broker.messages(cjk_only)] == [CJK_USER]
+    assert [json.loads(m.body)["context"] for m in broker.messages(longest_only)] == [longest]
+    stats = handler.stats()
+    assert stats["sent"] == 62 and stats["failed"] == 0 and stats["retries"] == 0
+
+
+def test_a_record_that_cannot_be_packed_is_counted_and_skipped_its_neighbours_sent_once(
+    broker, rabbit_url, monkeypatch, caplog
+):
+    real = amqp_sink.routing_key
+
+    def routing_key_with_a_bad_one(context, level, logger):
+        return "k" * 300 if context == "job_unpackable" else real(context, level, logger)
+
+    monkeypatch.setattr(amqp_sink, "routing_key", routing_key_with_a_bad_one)
+    everything = broker.queue("#")
+    # A linger long enough that the bad record is in the middle of one batch.
+    handler = AmqpLogHandler(url=rabbit_url, exchange=broker.exchange, flush_interval=0.5)
+    try:
+        logger = fresh_logger(handler)
+        for i in range(200):
+            logger.info("record %d", i)
+            if i == 99:
+                with log_context("job_unpackable"):
+                    logger.info("never")
+        handler.flush(5)  # False: not everything went (a refused last write says so)
+        stats = handler.stats()
+    finally:
+        handler.close()
+    assert broker.bodies(everything) == [f"record {i}" for i in range(200)]
+    assert stats["sent"] == 200 and stats["failed"] == 1 and stats["pending"] == 0
+    assert "ubyte format requires" in stats["last_error"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "redis_logstream"]
+    assert any("1 records can never be written and were skipped" in w for w in warnings)
+
+
+def test_a_timestamp_amqp_cannot_carry_is_sent_as_0(broker, handler):
+    everything = broker.queue("#")
+    logger = fresh_logger(handler)
+    for created in (1e30, -5.0):
+        record = logger.makeRecord(logger.name, logging.INFO, __file__, 1, "odd clock", (), None)
+        record.created = created
+        logger.handle(record)
+    logger.info("next")
+    assert handler.flush(5)
+    got = broker.messages(everything)
+    assert [json.loads(m.body)["message"] for m in got] == ["odd clock", "odd clock", "next"]
+    assert [m.properties["timestamp"] for m in got[:2]] == [0, 0]
