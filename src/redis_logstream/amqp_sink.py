@@ -42,8 +42,10 @@ APP_ID = "redis_logstream"
 
 #: What py-amqp raises when a message cannot be packed into frames.
 _UNPACKABLE = (struct.error, ValueError, TypeError, OverflowError)
-#: A connection that failed, as opposed to a broker that refused something.
-_CONNECTION_ERRORS = (OSError, amqp.exceptions.ConnectionError)
+#: The broker's refusals of one message (406: over its max_message_size, a
+#: bad expiration; 311): any other error is the connection's or the
+#: channel's, and says nothing about a record.
+_MESSAGE_REFUSALS = (amqp.exceptions.PreconditionFailed, amqp.exceptions.ContentTooLarge)
 #: An AMQP timestamp is an unsigned 64-bit integer.
 _MAX_STAMP = 2**64 - 1
 
@@ -182,9 +184,10 @@ class AmqpSink:
             self._drop()
             settled = set(published[:confirmed]).union(unpackable)
             remaining = [item for i, item in enumerate(batch) if i not in settled]
-            # A channel the broker closed while publishing may be the fault of a
-            # record; a lost connection, or a refusal while opening, is not.
-            suspect = first is not None and not isinstance(exc, _CONNECTION_ERRORS)
+            # A message refused while publishing, or an error foreign to the
+            # connection, may be a record's fault; nothing is while opening.
+            foreign = not isinstance(exc, (OSError, amqp.exceptions.AMQPError))
+            suspect = first is not None and (foreign or isinstance(exc, _MESSAGE_REFUSALS))
             raise WriteError(
                 f"{type(exc).__name__}: {exc}", remaining, len(unpackable), suspect=suspect
             ) from exc
