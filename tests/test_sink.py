@@ -11,7 +11,7 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, OutOfMemoryError, ResponseError
 
-from redis_logstream import RedisLogHandler
+from redis_logstream import RedisLogHandler, log_context
 from redis_logstream.naming import Names
 from redis_logstream.shipper import WriteError
 from redis_logstream.sink import SCRIPTS, RedisSink
@@ -249,3 +249,30 @@ def test_a_chunk_refused_whole_is_sent_again_record_by_record(redis_client) -> N
     assert sent[0] == 2 and sent[-1] == 100  # (an EVAL between them on a fresh server)
     got = stored(redis_client, "stream:logs:global")
     assert sorted(got) == sorted(data for _, data in batch)  # each once, none refused
+
+
+def test_on_a_cluster_a_record_longer_than_proto_max_bulk_len_costs_only_itself(cluster) -> None:
+    for node in cluster.nodes:
+        node.client().config_set("proto-max-bulk-len", 2**20)
+    handler = RedisLogHandler(client=cluster.client(), flush_interval=0.5,
+                              max_message_bytes=2 * 2**20)  # fmt: skip
+    try:
+        logger = fresh_logger(handler)
+        with log_context("job_1"):
+            for i in range(300):
+                logger.info("record %d", i)
+                if i == 149:
+                    logger.info("long %s", "x" * 1_500_000)
+        handler.flush(10)
+        stats = handler.stats()
+        client = cluster.client()
+        names = handler.names
+        stored_global = messages(client, names.global_stream)
+        stored_job = messages(client, names.stream("job_1"))
+    finally:
+        handler.close()
+        for node in cluster.nodes:
+            node.client().config_set("proto-max-bulk-len", 512 * 2**20)
+    expected = [f"record {i}" for i in range(300)]
+    assert stored_global == expected and stored_job == expected
+    assert stats["sent"] == 300 and stats["failed"] == 1 and stats["pending"] == 0

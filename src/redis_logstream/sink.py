@@ -72,6 +72,13 @@ def _is_transient(error: Exception) -> bool:
     return True  # connection lost or timed out: nothing says the data is bad
 
 
+def _refused_whole(records: int, reply: Any) -> bool:
+    """A call of several records refused for a reason that is neither the
+    connection nor memory: maybe one of its records, which Redis can never
+    accept (longer than ``proto-max-bulk-len``)."""
+    return records > 1 and isinstance(reply, Exception) and not _is_transient(reply)
+
+
 def _cannot_compile(reply: Any) -> bool:
     # Lua's parser stops at the shebang's '#': "unexpected symbol near '#'".
     return isinstance(reply, ResponseError) and "near '#'" in str(reply)
@@ -205,7 +212,7 @@ class RedisSink:
         suspects = {
             i
             for i, (chunk, reply) in enumerate(zip(chunks, replies, strict=True))
-            if len(chunk) > 1 and isinstance(reply, Exception) and not _is_transient(reply)
+            if _refused_whole(len(chunk), reply)
         }
         if not suspects:
             return chunks, replies
