@@ -6,8 +6,8 @@ A record's routing key is ``<context word>.<LEVEL>.<logger name>``:
   topic word.  It is encoded as in channel names (:mod:`.naming`: anything
   outside ``A-Za-z0-9._-@:`` becomes ``%XX``, ``%`` included), and then its
   dots become ``%2E``, so ``User.alice`` routes as ``User%2Ealice``.  The
-  encoding is reversible (:func:`decode_word`) and no word holds ``*``,
-  ``#`` or a dot;
+  encoding is reversible (:func:`decode_word`) but for the long words
+  shortened below, and no word holds ``*``, ``#`` or a dot;
 - the level name (``ERROR``), one word, encoded the same way;
 - the logger's dotted name, its words as they are (``django.request`` is
   two words, so that ``django.#`` selects a logger and its children), each
@@ -24,8 +24,9 @@ characters can take 1,536 once encoded, so every part has a budget:
   (``%7E``) in a full word, so a shortened word never equals another
   context's word; the word depends on the context alone, which is what
   lets :func:`binding_key` build the same one;
-- the logger's words fill what is left and are cut at a word boundary
-  (the record still carries the full name).
+- the logger's words (each shortened like a context word when longer)
+  fill what is left and are cut at a word boundary (the record still
+  carries the full name).
 """
 
 from __future__ import annotations
