@@ -20,9 +20,9 @@ import amqp
 import pytest
 from django.test import override_settings
 
-from redis_logstream import log_context
-from redis_logstream.amqp import AmqpLogHandler, binding_key, decode_word, routing_key
-from redis_logstream.amqp_routing import MAX_KEY_BYTES, encode_word
+from redis_logstream import amqp_sink, log_context
+from redis_logstream.amqp import AmqpLogHandler, binding_key
+from redis_logstream.amqp_routing import MAX_KEY_BYTES
 
 from helpers import fresh_logger
 
@@ -213,29 +213,6 @@ def test_bad_options_fail_at_configuration(options, error, message):
         AmqpLogHandler(**options)
 
 
-@pytest.mark.parametrize(
-    "value", ["User.alice", "a*b#c", "50%.off", "üñí cödé", "global", "x" * 128, "a..b"]
-)
-def test_a_context_is_one_reversible_word(value):
-    word = encode_word(value)
-    assert "." not in word and "*" not in word and "#" not in word and " " not in word
-    assert decode_word(word) == value
-
-
-def test_routing_keys_stay_within_255_bytes():
-    key = routing_key("User.alice", "INFO", ".".join(["segment"] * 60))
-    assert len(key.encode()) <= MAX_KEY_BYTES
-    assert key.startswith("User%2Ealice.INFO.segment.segment")
-
-
-def test_binding_keys_from_plain_values():
-    assert binding_key() == "*.*.#"
-    assert binding_key(level="error") == "*.ERROR.#"
-    assert binding_key(context="User.alice") == "User%2Ealice.*.#"
-    assert binding_key(logger="django.request") == "*.*.django.request.#"
-    assert binding_key(context="global", level="WARNING") == "global.WARNING.#"
-
-
 def test_tail_amqp_prints_what_the_patterns_select(broker, handler, rabbit_url):
     tail = subprocess.Popen(
         [sys.executable, "-m", "redis_logstream.cli", "tail", "--amqp", rabbit_url,
@@ -311,3 +288,78 @@ def test_an_exchange_declared_otherwise_is_reported_and_nothing_is_lost(rabbit_u
         handler.close()
         broker.channel.exchange_delete(name)
         broker.close()
+
+
+# -- long contexts and records that can never be published -------------------
+
+#: A legal username of 28 CJK letters: 259 bytes once encoded.
+CJK_USER = "User." + "\u6f22" * 28
+
+
+def test_long_contexts_are_published_in_order_and_reach_their_bindings(broker, handler):
+    longest = "\u00fc" * 128  # 768 bytes once encoded
+    everything = broker.queue("#")
+    cjk_only = broker.queue(binding_key(context=CJK_USER))
+    longest_only = broker.queue(binding_key(context=longest, level="ERROR"))
+    logger = fresh_logger(handler)
+    expected = []
+    for part, context in (("before", CJK_USER), ("between", longest), ("after", None)):
+        for i in range(20):
+            logger.info("%s %d", part, i)
+            expected.append(f"{part} {i}")
+        if context is not None:
+            with log_context(context):
+                logger.error("from %s", context[:4])
+            expected.append(f"from {context[:4]}")
+    assert handler.flush(5)
+    got = broker.messages(everything)
+    assert [json.loads(m.body)["message"] for m in got] == expected
+    assert max(len(m.delivery_info["routing_key"].encode()) for m in got) <= MAX_KEY_BYTES
+    assert [json.loads(m.body)["context"] for m in broker.messages(cjk_only)] == [CJK_USER]
+    assert [json.loads(m.body)["context"] for m in broker.messages(longest_only)] == [longest]
+    stats = handler.stats()
+    assert stats["sent"] == 62 and stats["failed"] == 0 and stats["retries"] == 0
+
+
+def test_a_record_that_cannot_be_packed_is_counted_and_skipped_its_neighbours_sent_once(
+    broker, rabbit_url, monkeypatch, caplog
+):
+    real = amqp_sink.routing_key
+
+    def routing_key_with_a_bad_one(context, level, logger):
+        return "k" * 300 if context == "job_unpackable" else real(context, level, logger)
+
+    monkeypatch.setattr(amqp_sink, "routing_key", routing_key_with_a_bad_one)
+    everything = broker.queue("#")
+    # A linger long enough that the bad record is in the middle of one batch.
+    handler = AmqpLogHandler(url=rabbit_url, exchange=broker.exchange, flush_interval=0.5)
+    try:
+        logger = fresh_logger(handler)
+        for i in range(200):
+            logger.info("record %d", i)
+            if i == 99:
+                with log_context("job_unpackable"):
+                    logger.info("never")
+        handler.flush(5)  # False: not everything went (a refused last write says so)
+        stats = handler.stats()
+    finally:
+        handler.close()
+    assert broker.bodies(everything) == [f"record {i}" for i in range(200)]
+    assert stats["sent"] == 200 and stats["failed"] == 1 and stats["pending"] == 0
+    assert "ubyte format requires" in stats["last_error"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "redis_logstream"]
+    assert any("1 records can never be written and were skipped" in w for w in warnings)
+
+
+def test_a_timestamp_amqp_cannot_carry_is_sent_as_0(broker, handler):
+    everything = broker.queue("#")
+    logger = fresh_logger(handler)
+    for created in (1e30, -5.0):
+        record = logger.makeRecord(logger.name, logging.INFO, __file__, 1, "odd clock", (), None)
+        record.created = created
+        logger.handle(record)
+    logger.info("next")
+    assert handler.flush(5)
+    got = broker.messages(everything)
+    assert [json.loads(m.body)["message"] for m in got] == ["odd clock", "odd clock", "next"]
+    assert [m.properties["timestamp"] for m in got[:2]] == [0, 0]

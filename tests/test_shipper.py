@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import struct
 import threading
 import time
 from typing import Any
@@ -333,4 +335,91 @@ def test_flush_waits_for_a_batch_the_worker_is_still_encoding() -> None:
     assert shipper.flush(0.2) is False  # not written yet: flush must not say it is
     release.set()
     assert shipper.flush(5) and sink.records == [1]
+    shipper.shutdown(1)
+
+
+# -- a record the sink can never accept ---------------------------------------
+
+
+class RefusingSink(ListSink):
+    """Like a broker that closes the channel on one record: what came before
+    it is stored, the rest is handed back as suspect (``raw``: raises a bare
+    data error instead, against the contract, after storing part)."""
+
+    def __init__(self, poison: Any, *, raw: bool = False) -> None:
+        super().__init__()
+        self.poison = poison
+        self.raw = raw
+        self.writes: list[list[Any]] = []
+
+    def write(self, batch: list[Any]) -> None:
+        self.writes.append(list(batch))
+        if self.poison not in batch:
+            return super().write(batch)
+        i = batch.index(self.poison)
+        self.batches.append(batch[:i])
+        if self.raw:
+            raise struct.error("ubyte format requires 0 <= number <= 255")
+        raise WriteError("the broker closed the channel", batch[i:], suspect=True)
+
+
+def one_batch(shipper: Shipper, items: list[Any]) -> None:
+    """Hand ``items`` to the worker as a single batch."""
+    shipper.buffer.extend(items)
+    shipper.wake()
+
+
+def test_a_record_the_sink_never_accepts_is_skipped_and_no_neighbour_is_written_twice(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = RefusingSink("poison")
+    shipper = make(sink, batch_size=100)
+    items = [*range(40), "poison", *range(40, 100)]
+    with caplog.at_level(logging.WARNING, logger="redis_logstream"):
+        one_batch(shipper, items)
+        shipper.flush(5)
+    assert sink.records == list(range(100))
+    assert sink.writes.count(["poison"]) == shipper.poison_attempts  # alone, then skipped
+    stats = shipper.stats()
+    assert stats["sent"] == 100 and stats["failed"] == 1 and stats["pending"] == 0
+    reports = [r.getMessage() for r in caplog.records if "can never be written" in r.getMessage()]
+    assert len(reports) == 1 and "1 records" in reports[0]
+    shipper.shutdown(1)
+
+
+def test_a_data_error_after_part_of_a_batch_was_stored_repeats_no_record_more_than_once() -> None:
+    sink = RefusingSink("poison", raw=True)
+    shipper = make(sink, batch_size=100)
+    one_batch(shipper, [*range(40), "poison", *range(40, 100)])
+    shipper.flush(5)
+    records = sink.records
+    assert list(dict.fromkeys(records)) == list(range(100))
+    assert max(records.count(r) for r in range(100)) == 2  # not once per retry, forever
+    assert shipper.stats()["failed"] == 1 and shipper.pending() == 0
+    shipper.shutdown(1)
+
+
+class SuspectThenDownSink(ListSink):
+    """One suspect failure, then a connection that fails a few times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.suspect_once = True
+
+    def write(self, batch: list[Any]) -> None:
+        if self.suspect_once:
+            self.suspect_once = False
+            self.fail_next = 2 * Shipper.poison_attempts
+            raise WriteError("channel closed", batch, suspect=True)
+        super().write(batch)
+
+
+def test_a_connection_failing_while_records_go_one_by_one_never_skips_one() -> None:
+    sink = SuspectThenDownSink()
+    shipper = make(sink, batch_size=10)
+    one_batch(shipper, list(range(10)))
+    assert shipper.flush(5)
+    assert sink.records == list(range(10))
+    stats = shipper.stats()
+    assert stats["failed"] == 0 and stats["sent"] == 10
     shipper.shutdown(1)

@@ -11,9 +11,13 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, OutOfMemoryError, ResponseError
 
+from redis_logstream import RedisLogHandler, log_context
 from redis_logstream.naming import Names
 from redis_logstream.shipper import WriteError
 from redis_logstream.sink import SCRIPTS, RedisSink
+
+from helpers import fresh_logger, messages
+from servers import RedisServer
 
 
 def make_sink(client: Any, **kw: Any) -> RedisSink:
@@ -200,3 +204,75 @@ def test_building_a_sink_touches_no_network() -> None:
     calls = []
     RedisSink(lambda: calls.append(1), Names())
     assert calls == []
+
+
+def test_a_record_longer_than_proto_max_bulk_len_costs_only_itself() -> None:
+    # Redis answers "Protocol error: invalid bulk length" for the call that
+    # carries it and closes the connection: the chunk's other records are
+    # sent again one per call, and only the long one is refused.
+    with RedisServer(["--proto-max-bulk-len", "1mb"]) as server:
+        server.start()
+        handler = RedisLogHandler(url=server.url, flush_interval=0.5,
+                                  max_message_bytes=2 * 2**20)  # fmt: skip
+        try:
+            logger = fresh_logger(handler)
+            for i in range(300):
+                logger.info("record %d", i)
+                if i == 149:  # in the middle of a chunk, and of the batch
+                    logger.info("long %s", "x" * 1_500_000)
+            handler.flush(10)
+            stats = handler.stats()
+            client = server.client()
+            stored = messages(client, "stream:logs:global")
+        finally:
+            handler.close()
+    assert stored == [f"record {i}" for i in range(300)]
+    assert stats["sent"] == 300 and stats["failed"] == 1 and stats["pending"] == 0
+    assert "invalid bulk length" in stats["last_error"]
+
+
+def test_a_chunk_refused_whole_is_sent_again_record_by_record(redis_client) -> None:
+    sink = make_sink(redis_client)
+    refused = ResponseError("ERR something about this call")
+    sent: list[int] = []
+    real_round_trip = sink._round_trip
+
+    def round_trip(packed: list[bytes]) -> list[Any]:
+        sent.append(len(packed))
+        if len(sent) == 1:  # the first call is refused, not sent
+            return [refused, *real_round_trip(packed[1:])]
+        return real_round_trip(packed)
+
+    sink._round_trip = round_trip  # type: ignore[method-assign]
+    batch = records(150)
+    sink.write(batch)  # the first chunk "refused", then its records one per call
+    assert sent[0] == 2 and sent[-1] == 100  # (an EVAL between them on a fresh server)
+    got = stored(redis_client, "stream:logs:global")
+    assert sorted(got) == sorted(data for _, data in batch)  # each once, none refused
+
+
+def test_on_a_cluster_a_record_longer_than_proto_max_bulk_len_costs_only_itself(cluster) -> None:
+    for node in cluster.nodes:
+        node.client().config_set("proto-max-bulk-len", 2**20)
+    handler = RedisLogHandler(client=cluster.client(), flush_interval=0.5,
+                              max_message_bytes=2 * 2**20)  # fmt: skip
+    try:
+        logger = fresh_logger(handler)
+        with log_context("job_1"):
+            for i in range(300):
+                logger.info("record %d", i)
+                if i == 149:
+                    logger.info("long %s", "x" * 1_500_000)
+        handler.flush(10)
+        stats = handler.stats()
+        client = cluster.client()
+        names = handler.names
+        stored_global = messages(client, names.global_stream)
+        stored_job = messages(client, names.stream("job_1"))
+    finally:
+        handler.close()
+        for node in cluster.nodes:
+            node.client().config_set("proto-max-bulk-len", 512 * 2**20)
+    expected = [f"record {i}" for i in range(300)]
+    assert stored_global == expected and stored_job == expected
+    assert stats["sent"] == 300 and stats["failed"] == 1 and stats["pending"] == 0

@@ -9,6 +9,14 @@ records wait in its buffer; a message the broker received but could not
 confirm before the loss is then published twice (at least once, as with
 the Redis sink's timeouts).
 
+A record py-amqp cannot pack (a routing key or a property out of AMQP's
+range: the error comes before anything is written, so the connection is
+intact) is refused for good: it is skipped and its neighbours published.
+When the broker closes the channel while a batch is published (a message
+over its ``max_message_size``), what it did not confirm is handed back as
+suspect, and the shipper writes the first of it alone until it goes or is
+skipped (:mod:`.shipper`).
+
 The sink knows nothing of logging: it takes ``(routing_key, json_bytes,
 timestamp)`` items, built by :class:`AmqpEncoder` in the shipper thread.
 """
@@ -18,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import struct
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -30,6 +39,15 @@ from .wire import Encoder
 __all__ = ["AmqpEncoder", "AmqpSink", "connection_options", "reader_channel"]
 
 APP_ID = "redis_logstream"
+
+#: What py-amqp raises when a message cannot be packed into frames.
+_UNPACKABLE = (struct.error, ValueError, TypeError, OverflowError)
+#: The broker's refusals of one message (406: over its max_message_size, a
+#: bad expiration; 311): any other error is the connection's or the
+#: channel's, and says nothing about a record.
+_MESSAGE_REFUSALS = (amqp.exceptions.PreconditionFailed, amqp.exceptions.ContentTooLarge)
+#: An AMQP timestamp is an unsigned 64-bit integer.
+_MAX_STAMP = 2**64 - 1
 
 
 def connection_options(url: str, timeout: float) -> dict[str, Any]:
@@ -83,7 +101,8 @@ class AmqpEncoder(Encoder):
                 self._keys.clear()
             level = str(logging.getLevelName(levelno))
             key = self._keys[(route, levelno, name)] = routing_key(route, level, name)
-        return key, data, int(created) if math.isfinite(created) else 0
+        stamp = int(created) if math.isfinite(created) else 0
+        return key, data, stamp if 0 <= stamp <= _MAX_STAMP else 0
 
 
 class AmqpSink:
@@ -137,31 +156,49 @@ class AmqpSink:
 
     def write(self, batch: list[tuple[str, bytes, int]]) -> None:
         first = None
+        published: list[int] = []  # batch positions, in delivery-tag order from ``first``
+        unpackable: list[int] = []
+        refusal = ""
         try:
             channel = self._open()
             first = self._next_tag
-            for key, data, stamp in batch:
+            for position, (key, data, stamp) in enumerate(batch):
                 message = amqp.Message(
                     data, content_type="application/json", app_id=APP_ID, timestamp=stamp,
                     delivery_mode=self.delivery_mode,
                 )  # fmt: skip
-                channel.basic_publish(message, exchange=self.exchange, routing_key=key)
+                try:
+                    channel.basic_publish(message, exchange=self.exchange, routing_key=key)
+                except _UNPACKABLE as exc:  # packed before any byte is sent: skip it
+                    unpackable.append(position)
+                    refusal = refusal or f"cannot publish a record: {type(exc).__name__}: {exc}"
+                    continue
+                published.append(position)
                 self._next_tag += 1
             last = self._next_tag - 1
             while self._confirmed < last:
                 self._conn.drain_events(timeout=self.timeout)
-        except (OSError, amqp.exceptions.AMQPError) as exc:
+        except Exception as exc:
             # The broker confirms in order: what it acked is stored, the rest is retried.
             confirmed = 0 if first is None else max(0, self._confirmed - first + 1)
             self._drop()
-            raise WriteError(f"{type(exc).__name__}: {exc}", batch[confirmed:]) from exc
+            settled = set(published[:confirmed]).union(unpackable)
+            remaining = [item for i, item in enumerate(batch) if i not in settled]
+            # A message refused while publishing, or an error foreign to the
+            # connection, may be a record's fault; nothing is while opening.
+            foreign = not isinstance(exc, (OSError, amqp.exceptions.AMQPError))
+            suspect = first is not None and (foreign or isinstance(exc, _MESSAGE_REFUSALS))
+            raise WriteError(
+                f"{type(exc).__name__}: {exc}", remaining, len(unpackable), suspect=suspect
+            ) from exc
         refused = [tag for tag in self._refused if tag >= first]
         self._refused = []
-        if refused:
-            positions = sorted(tag - first for tag in refused)
+        if refused or unpackable:
+            positions = sorted(published[tag - first] for tag in refused)
             raise WriteError(
-                f"the broker refused {len(positions)} records (basic.nack)",
+                refusal or f"the broker refused {len(positions)} records (basic.nack)",
                 [batch[i] for i in positions],
+                len(unpackable),
             )
 
     def _drop(self) -> None:

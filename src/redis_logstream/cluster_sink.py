@@ -34,7 +34,16 @@ from redis.exceptions import AskError, MovedError, RedisClusterException, RedisE
 
 from .naming import Names
 from .shipper import WriteError
-from .sink import Call, RedisSink, _bulk, _get_connection, _is_transient, _text, exchange
+from .sink import (
+    Call,
+    RedisSink,
+    _bulk,
+    _get_connection,
+    _is_transient,
+    _refused_whole,
+    _text,
+    exchange,
+)
 
 __all__ = ["ClusterSink", "ContextOnly"]
 
@@ -88,7 +97,38 @@ class ClusterSink(RedisSink):
             self._refresh()
         planned = self._plan(batch)
         replies = self._send(planned)
-        self._settle_parts(batch, planned, replies)
+        self._settle_parts(batch, *self._one_by_one(planned, replies))
+
+    def _one_by_one(
+        self, planned: list[_Planned], replies: list[Any]
+    ) -> tuple[list[_Planned], list[Any]]:
+        """As :meth:`.sink.RedisSink._one_by_one`: a call refused whole for a
+        reason of its own is sent again one record per call, so that a record
+        Redis can never accept costs itself alone."""
+        suspects = {
+            i
+            for i, (item, reply) in enumerate(zip(planned, replies, strict=True))
+            if _refused_whole(len(item.positions), reply)
+        }
+        if not suspects:
+            return planned, replies
+        split: list[_Planned] = []
+        split_replies: list[Any] = []
+        fresh: list[int] = []  # where in ``split`` the calls sent again are
+        for i, (item, reply) in enumerate(zip(planned, replies, strict=True)):
+            if i not in suspects:
+                split.append(item)
+                split_replies.append(reply)
+                continue
+            call = item.call
+            for position, part in zip(item.positions, call.parts, strict=True):
+                fresh.append(len(split))
+                one = Call(call.keys, call.head, [part])
+                split.append(_Planned(item.key, item.is_global, [position], one))
+                split_replies.append(None)
+        for index, reply in zip(fresh, self._send([split[i] for i in fresh]), strict=True):
+            split_replies[index] = reply
+        return split, split_replies
 
     def _plan(self, batch: list[tuple[str | None, bytes]]) -> list[_Planned]:
         """The calls of a batch: the global stream's, then each context's."""

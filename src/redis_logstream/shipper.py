@@ -10,17 +10,15 @@ nothing of Redis: a sink is any object with ``write(list)``, and may have
 ``close()`` and ``after_fork()``.
 
 When ``write`` fails the batch is kept (within ``queue_size``, which bounds
-the buffer and the batch in flight together) and retried with capped
-exponential backoff and jitter; records keep their order.  A sink raises
-:class:`WriteError` to say that part of a batch was delivered or rejected
-for good; any other exception means nothing was delivered.
+the buffer and the batch in flight together) and retried, in order, by
+:class:`.delivery.Delivery`, which also skips, counted in ``failed``, a
+record the destination can never accept.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import threading
 import time
 from collections import deque
@@ -29,6 +27,7 @@ from typing import Any, Protocol
 
 from . import lifecycle
 from .context import INTERNAL, user_id_context
+from .delivery import Delivery, WriteError
 from .diagnostics import RateLimiter, report
 
 __all__ = ["Shipper", "Sink", "WriteError"]
@@ -36,20 +35,6 @@ __all__ = ["Shipper", "Sink", "WriteError"]
 
 class Sink(Protocol):
     def write(self, batch: list[Any]) -> None: ...
-
-
-class WriteError(Exception):
-    """Part of a batch failed.
-
-    ``remaining``: the records worth retrying, in order (nothing of them is
-    known to be stored).  ``lost``: how many the destination refused for
-    good (a wrong key type, a script error); retrying would not help.
-    """
-
-    def __init__(self, message: str, remaining: list[Any], lost: int = 0) -> None:
-        super().__init__(message)
-        self.remaining = remaining
-        self.lost = lost
 
 
 class _FlushMarker:
@@ -66,7 +51,7 @@ class _FlushMarker:
         self.done.set()
 
 
-class Shipper:
+class Shipper(Delivery):
     """Buffer, batch and retry records on their way to a sink."""
 
     #: Backoff between attempts while the sink fails: doubles from
@@ -74,7 +59,8 @@ class Shipper:
     #: The cap bounds how long a restarted Redis waits for its first records.
     retry_base = 0.05
     retry_cap = 0.5
-    #: At most one warning per this many seconds about dropped records.
+    #: At most one warning per this many seconds about dropped records
+    #: (and as many about records skipped because they can never be written).
     report_interval = 60.0
 
     def __init__(
@@ -133,6 +119,8 @@ class Shipper:
         self._down_since: float | None = None
         self._reported_drops = 0
         self._drop_report = RateLimiter(self.report_interval)
+        self._reported_failed = 0
+        self._failed_report = RateLimiter(self.report_interval)
 
     # -- callers' side ---------------------------------------------------
 
@@ -304,6 +292,8 @@ class Shipper:
                 self._ship_one_batch(buffer)
                 if self.dropped != self._reported_drops and self._drop_report.ready():
                     self._report_drops()
+                if self.failed != self._reported_failed and self._failed_report.ready():
+                    self._report_failed()
         except BaseException as exc:  # keep the process alive, say why shipping stopped
             report(logging.ERROR, "redis_logstream: shipper stopped: %r", exc)
             raise
@@ -350,61 +340,6 @@ class Shipper:
                 self.failed += 1
                 self.last_error = f"cannot encode a record: {exc!r}"
         return batch
-
-    def _deliver(self) -> bool:
-        """Write the unsent batch, retrying until it is stored or the deadline passes."""
-        attempt = 0
-        while self._unsent:
-            batch = self._unsent
-            try:
-                self.sink.write(batch)
-            except Exception as exc:
-                remaining = batch
-                if isinstance(exc, WriteError):
-                    remaining = exc.remaining
-                    self.failed += exc.lost
-                    self.sent += len(batch) - len(remaining) - exc.lost
-                self.errors += 1
-                self.last_error = (
-                    str(exc) if isinstance(exc, WriteError) else f"{type(exc).__name__}: {exc}"
-                )
-                self._unsent = remaining
-                self.room = self.queue_size - len(remaining)
-                if not remaining:  # all stored but what was refused for good
-                    return isinstance(exc, WriteError) and exc.lost == 0
-                if self._down_since is None:
-                    self._down_since = time.monotonic()
-                    report(
-                        logging.WARNING,
-                        "redis_logstream: cannot write (%s); keeping up to %d records "
-                        "and retrying",
-                        self.last_error,
-                        self.queue_size,
-                    )
-                delay = min(self.retry_cap, self.retry_base * 2 ** min(attempt, 16))
-                delay *= random.uniform(0.5, 1.0)
-                attempt += 1
-                if self._stopping:  # no early wake-up now: flush and close are waiting
-                    left = self._deadline - time.monotonic()
-                    if left <= 0:
-                        return False
-                    time.sleep(min(delay, left))
-                elif self._urgent.wait(delay):
-                    self._urgent.clear()
-                self.retries += 1
-                continue
-            self._unsent = []
-            self.sent += len(batch)
-            self.batches += 1
-            if self._down_since is not None:
-                report(
-                    logging.WARNING,
-                    "redis_logstream: writing again after %.1f s; %d records waited",
-                    time.monotonic() - self._down_since,
-                    len(batch) + len(self.buffer),
-                )
-                self._down_since = None
-        return True
 
     def _report_drops(self) -> None:
         new = self.dropped - self._reported_drops

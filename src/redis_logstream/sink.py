@@ -72,6 +72,13 @@ def _is_transient(error: Exception) -> bool:
     return True  # connection lost or timed out: nothing says the data is bad
 
 
+def _refused_whole(records: int, reply: Any) -> bool:
+    """A call of several records refused for a reason that is neither the
+    connection nor memory: maybe one of its records, which Redis can never
+    accept (longer than ``proto-max-bulk-len``)."""
+    return records > 1 and isinstance(reply, Exception) and not _is_transient(reply)
+
+
 def _cannot_compile(reply: Any) -> bool:
     # Lua's parser stops at the shebang's '#': "unexpected symbol near '#'".
     return isinstance(reply, ResponseError) and "near '#'" in str(reply)
@@ -194,7 +201,35 @@ class RedisSink:
     def write(self, batch: list[tuple[str | None, bytes]]) -> None:
         chunks = [batch[i : i + self.chunk_size] for i in range(0, len(batch), self.chunk_size)]
         calls = [self._call(chunk) for chunk in chunks]
-        self._settle(chunks, self._run(calls, self._round_trip))
+        replies = self._run(calls, self._round_trip)
+        self._settle(*self._one_by_one(chunks, replies))
+
+    def _one_by_one(self, chunks: list[Any], replies: list[Any]) -> tuple[list[Any], list[Any]]:
+        """Send again, one record per call, the chunks refused whole for a
+        reason that is neither the connection nor memory: one record Redis
+        can never accept (larger than ``proto-max-bulk-len``) then costs that
+        record alone, not the chunk that carried it."""
+        suspects = {
+            i
+            for i, (chunk, reply) in enumerate(zip(chunks, replies, strict=True))
+            if _refused_whole(len(chunk), reply)
+        }
+        if not suspects:
+            return chunks, replies
+        singles = [[record] for i in sorted(suspects) for record in chunks[i]]
+        try:
+            answers = iter(self._run([self._call(one) for one in singles], self._round_trip))
+        except Exception as exc:  # could not reconnect: these are retried, none stored twice
+            answers = iter([exc] * len(singles))
+        split_chunks, split_replies = [], []
+        for i, (chunk, reply) in enumerate(zip(chunks, replies, strict=True)):
+            if i in suspects:
+                split_chunks.extend([record] for record in chunk)
+                split_replies.extend(next(answers) for _ in chunk)
+            else:
+                split_chunks.append(chunk)
+                split_replies.append(reply)
+        return split_chunks, split_replies
 
     def _run(self, calls: list[Call], round_trip: Callable[[list[bytes]], list[Any]]) -> list[Any]:
         """Run ``calls`` (EVALSHA, then EVAL where the server lacks the
