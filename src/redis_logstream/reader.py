@@ -13,6 +13,9 @@ so that the hard parts are solved once:
   the SSE event ids: a ``Last-Event-ID`` is a cursor.
 - **Readers outlive Redis hiccups.**  A follower that loses Redis retries
   with capped, jittered backoff from the same cursor, and says so once.
+- **Memory does not grow with the stream.**  :meth:`StreamReader.window`
+  reads a history of any length as it is consumed, no read asking for more
+  than a page: ``tail -n all`` prints a million entries holding one page.
 - **Bad data never stops a reader.**  An entry that is not our JSON becomes
   a record with the raw text as its message and level ``"?"``
   (:mod:`.entries`, re-exported here with the level/logger filter).
@@ -219,10 +222,7 @@ class StreamReader:
                 return Window(iter(()), newest or after or "0-0")
             return Window(self._forward(key, low, newest, match), newest)
         found: list[Entry] = []  # kept only while they fit in a page
-        seen = 0
-        start = low
-        newest = None
-        high = "+"
+        seen, start, newest, high = 0, low, None, "+"
         while seen < count:
             want = page if match is not None else min(page, count - seen)
             rows = self.client.xrevrange(key, high, low, count=want)
