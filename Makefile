@@ -34,6 +34,7 @@ $(VENV_PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(VENV_PY)
+	@echo "Installing the package and its dependencies into $(VENV) (first run, or after pyproject.toml changed; about a minute)..."
 	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -e ".[dev]"
 	@touch $(STAMP)
 

@@ -7,12 +7,15 @@ stores; :meth:`Writer.flush` waits until they are in Redis.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from redis_logstream import RedisLogHandler, log_context
 
@@ -54,6 +57,38 @@ class Writer:
 
     def flush(self) -> None:
         assert self.handler.flush(5), "records did not reach Redis"
+
+
+class CountingClient:
+    """A client that notes the COUNT of every range read it passes on."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.reads: list[tuple[str, int | None]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def xrange(self, *args: Any, count: int | None = None) -> Any:
+        self.reads.append(("xrange", count))
+        return self.client.xrange(*args, count=count)
+
+    def xrevrange(self, *args: Any, count: int | None = None) -> Any:
+        self.reads.append(("xrevrange", count))
+        return self.client.xrevrange(*args, count=count)
+
+
+def fill(client: redis.Redis, key: str, total: int, *, first: int = 0) -> None:
+    """``total`` entries m<first>.. (every third one an ERROR) written straight
+    to the stream: many entries, fast."""
+    pipe = client.pipeline(transaction=False)
+    for i in range(first, first + total):
+        levelno = logging.ERROR if i % 3 == 0 else logging.INFO
+        record = {"message": f"m{i}", "levelno": levelno, "level": logging.getLevelName(levelno)}
+        pipe.xadd(key, {"data": json.dumps(record)})
+        if len(pipe) == 2000:
+            pipe.execute()
+    pipe.execute()
 
 
 def manage(*args: str, redis_url: str, **kwargs: Any) -> subprocess.Popen[str]:

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import redis
 
-from redis_logstream import cli, tail
-from streamlog import REPO, Writer
+from redis_logstream import cli, reader, tail
+from redis_logstream.naming import Names
+from redis_logstream.reader import StreamReader
+from redis_logstream.topology import SCHEMES
+from streamlog import REPO, CountingClient, Writer, fill
 
+from helpers import wait_for
 from servers import free_port
 
 ALICE = "User.alice"
@@ -109,7 +115,7 @@ def test_url_defaults_to_redis_url_from_the_environment(
     [
         (["tail", ALICE], 2, "give --url redis://HOST:PORT/DB (or set REDIS_URL)"),
         (["tail", "--url", "redis://127.0.0.1:1/0"], 2, "give a CONTEXT to read, or --global"),
-        (["tail", "--url", "http://x", ALICE], 2, "Redis URL must specify one of the following"),
+        (["tail", "--url", "http://x", ALICE], 2, "starts with " + ", ".join(SCHEMES)),
         (["tail", "--url", "DEAD", ALICE], 1, "cannot reach Redis at 127.0.0.1:"),
     ],
 )
@@ -175,3 +181,139 @@ def test_docs_show_the_examples_of_every_help(capsys: pytest.CaptureFixture[str]
     assert len(examples) == 8 + 5 + 4  # tail (with its URL examples), tail_logs, purge
     docs = (REPO / "docs" / "cli.md").read_text()
     assert [example for example in examples if example not in docs] == []
+
+
+def test_an_unknown_url_scheme_names_every_scheme_accepted(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["tail", "--url", "http://x", "--global"]) == 2
+    err = capsys.readouterr().err
+    assert [scheme for scheme in SCHEMES if scheme not in err] == []
+    assert "redis+cluster://" in err and "redis+sentinel://" in err and "(not http://)" in err
+
+
+# -- long histories: printed as they are read, a page at a time ------------------------
+
+
+class FirstWrite(io.StringIO):
+    """Notes how many reads the client had made when the first line was printed."""
+
+    def __init__(self, client: CountingClient) -> None:
+        super().__init__()
+        self.client = client
+        self.reads_at_first_write: int | None = None
+
+    def write(self, text: str) -> int:
+        if self.reads_at_first_write is None:
+            self.reads_at_first_write = len(self.client.reads)
+        return super().write(text)
+
+
+@pytest.fixture
+def counted(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> CountingClient:
+    monkeypatch.setattr(reader, "PAGE", 100)  # a page far smaller than the stream
+    return CountingClient(redis.Redis.from_url(redis_url, socket_timeout=5))
+
+
+def test_tail_all_prints_a_long_stream_as_it_reads_it_a_page_at_a_time(
+    counted: CountingClient,
+) -> None:
+    total = 20_000
+    fill(counted.client, "stream:logs:global", total)
+    out, err = FirstWrite(counted), io.StringIO()
+
+    tail.tail(StreamReader(counted, Names()), tail.TailRequest(None, count=None), out, err)
+
+    lines = out.getvalue().splitlines()
+    assert [line.rsplit(" ", 1)[1] for line in lines] == [f"m{i}" for i in range(total)]
+    assert out.reads_at_first_write is not None and out.reads_at_first_write <= 2
+    assert max(count or 0 for _, count in counted.reads) <= 100
+    assert err.getvalue() == ""
+
+
+def test_tail_n_larger_than_a_page_never_asks_for_more_than_a_page(
+    counted: CountingClient,
+) -> None:
+    fill(counted.client, "stream:logs:global", 5_000)
+    out = FirstWrite(counted)
+
+    request = tail.TailRequest(None, count=3_000)
+    tail.tail(StreamReader(counted, Names()), request, out, io.StringIO())
+
+    lines = out.getvalue().splitlines()
+    assert [line.rsplit(" ", 1)[1] for line in lines] == [f"m{i}" for i in range(2_000, 5_000)]
+    assert max(count or 0 for _, count in counted.reads) <= 100
+    assert out.reads_at_first_write is not None and out.reads_at_first_write < len(counted.reads)
+
+
+def test_tail_all_then_follow_has_no_gap_or_duplicate(counted: CountingClient) -> None:
+    fill(counted.client, "stream:logs:global", 5_000)
+    out, stop = io.StringIO(), threading.Event()
+    request = tail.TailRequest(None, count=None, follow=True)
+    follower = threading.Thread(
+        target=tail.tail,
+        args=(StreamReader(counted, Names(), block_ms=50), request, out, io.StringIO()),
+        kwargs={"stop": stop},
+    )
+    follower.start()
+    try:
+        fill(counted.client, "stream:logs:global", 1_000, first=5_000)  # while or after reading
+        wait_for(lambda: out.getvalue().endswith("m5999\n"))
+    finally:
+        stop.set()
+        follower.join(10)
+    lines = out.getvalue().splitlines()
+    assert [line.rsplit(" ", 1)[1] for line in lines] == [f"m{i}" for i in range(6_000)]
+
+
+# -- saying that there is nothing to show ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--global"], "stream:logs:global is empty"),
+        ([ALICE], f"stream:logs:{ALICE} is empty"),
+        ([ALICE, "-n", "all"], f"stream:logs:{ALICE} is empty"),
+        ([ALICE, "--level", "ERROR"], f"no records of stream:logs:{ALICE} match --level"),
+        (["--global", "--since", "1m", "--logger", "shop"],
+         "no records of stream:logs:global match --since, --logger"),
+    ],
+)  # fmt: skip
+def test_an_empty_history_is_said_on_stderr(
+    args: list[str], said: str, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["tail", "--url", redis_url, *args]) == 0
+    assert capsys.readouterr() == ("", said + "\n")
+
+
+def test_an_empty_history_followed_says_it_waits(write: Writer, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    out, err, stop = io.StringIO(), io.StringIO(), threading.Event()
+    request = tail.TailRequest(None, follow=True)
+    follower = threading.Thread(
+        target=tail.tail,
+        args=(StreamReader(client, Names(), block_ms=50), request, out, err),
+        kwargs={"stop": stop},
+    )
+    follower.start()
+    try:
+        wait_for(err.getvalue)
+        write("first")
+        wait_for(lambda: out.getvalue().endswith("app: first\n"))
+    finally:
+        stop.set()
+        follower.join(10)
+    assert err.getvalue() == (
+        "stream:logs:global is empty; waiting for records (Ctrl-C to stop)\n"
+    )
+
+
+def test_nothing_is_said_when_no_history_was_asked_for_or_some_was_printed(
+    write: Writer, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["tail", "--url", redis_url, "--global", "-n", "0"]) == 0
+    assert capsys.readouterr() == ("", "")
+    write("one")
+    assert cli.main(["tail", "--url", redis_url, "--global"]) == 0
+    assert capsys.readouterr().err == ""

@@ -18,6 +18,7 @@ import statistics
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import redis
@@ -265,6 +266,27 @@ def test_a_peer_that_is_not_redis_costs_emit_nothing_and_exit_stays_bounded(
     # shutdown_timeout twice (in the exit hook, then again in the close() of
     # logging.shutdown) takes over 1 s while the worker is stuck in a read.
     assert exit_seconds < shutdown_timeout + 0.5, exit_seconds
+
+
+TESTS = Path(__file__).resolve().parent
+ABANDON = """
+import logging, sys
+sys.path.insert(0, {tests!r})
+from helpers import Handlers, fresh_logger
+made = Handlers()
+log = fresh_logger(made(url={url!r}, shutdown_timeout=0.2))
+for i in range(3):
+    log.info("never delivered %d", i)
+made.close()
+"""
+
+
+def test_handlers_a_test_closes_leave_nothing_to_report_at_exit(
+    silent_server: SilentServer,
+) -> None:
+    result = run_script(ABANDON.format(tests=str(TESTS), url=silent_server.url), timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "not delivered at exit" not in result.stderr, result.stderr
 
 
 # -- maxmemory ------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from hypothesis import strategies as st
 
 from redis_logstream import RedisLogHandler, log_context, reset_log_context, set_log_context
 from redis_logstream.context import user_id_context
+from redis_logstream.wire import MAX_NAME_BYTES
 
 from helpers import Handlers
 
@@ -458,7 +459,13 @@ def check_raw_context(rig: Rig, value: Any) -> None:
         assert stored == [] and handler.stats()["failed"] == before + 1
         return
     assert len(stored) == 1
-    assert json.loads(stored[0])["context"] == (None if value is None else clean(as_text))
+    shown = json.loads(stored[0])["context"]
+    if value is None or len(clean(as_text).encode()) <= MAX_NAME_BYTES:
+        assert shown == (None if value is None else clean(as_text))
+    else:  # cut like a long message, and marked
+        cut = CUT.fullmatch(shown)
+        assert cut and clean(as_text).startswith(cut.group(1)), shown
+        assert len(shown.encode()) <= MAX_NAME_BYTES and json.loads(stored[0])["truncated"]
     valid = isinstance(value, str) and 0 < len(value) <= 128 and value != "global"
     keys = rig.keys("stream:fuzz:*")
     context_keys = {handler.names.stream(value)} if valid else set()

@@ -25,7 +25,7 @@ from redis_logstream.reader import (
     parse_level,
     parse_since,
 )
-from streamlog import Writer
+from streamlog import CountingClient, Writer, fill
 
 from helpers import wait_for
 from servers import RedisServer
@@ -328,3 +328,87 @@ def test_clients_of_any_reply_shape_read_the_same(
     write("more", ALICE)
     assert next(reader.follow(ALICE, entry.id, timeout=5)).message == "more"
     client.close()
+
+
+# -- long histories: a page at a time ----------------------------------------------
+
+
+@pytest.fixture
+def counted(redis_url: str) -> CountingClient:
+    return CountingClient(redis.Redis.from_url(redis_url, socket_timeout=5))
+
+
+PAGE_SIZE = 500
+
+
+def test_the_whole_history_is_read_a_page_at_a_time_as_it_is_consumed(
+    counted: CountingClient,
+) -> None:
+    total = 20_000
+    fill(counted.client, f"stream:logs:{ALICE}", total)
+    reader = StreamReader(counted, Names(), block_ms=100, page=PAGE_SIZE)
+
+    window = reader.window(ALICE, None)
+    entries = iter(window.entries)
+    assert next(entries).message == "m0"
+    assert len(counted.reads) <= 2  # the newest id, then the first page: not the whole stream
+    seen = ["m0"] + [entry.message for entry in entries]
+
+    assert seen == [f"m{i}" for i in range(total)]  # every entry once, in order
+    assert max(count for _, count in counted.reads) <= PAGE_SIZE
+    assert len(counted.reads) >= total // PAGE_SIZE
+    assert window.cursor == counted.client.xrevrange(f"stream:logs:{ALICE}", count=1)[0][0].decode()
+
+
+@pytest.mark.parametrize("errors_only", [False, True], ids=["all", "errors"])
+def test_a_count_larger_than_a_page_is_read_a_page_at_a_time(
+    counted: CountingClient, errors_only: bool
+) -> None:
+    total, count = 20_000, 5_000
+    fill(counted.client, f"stream:logs:{ALICE}", total)
+    reader = StreamReader(counted, Names(), block_ms=100, page=PAGE_SIZE)
+    match = EntryFilter(min_level=logging.ERROR) if errors_only else None
+
+    window = reader.window(ALICE, count, match=match)
+    entries = iter(window.entries)
+    first = next(entries)
+    reads_before_first = len(counted.reads)
+    seen = [first.message] + [entry.message for entry in entries]
+
+    wanted = [f"m{i}" for i in range(total) if not errors_only or i % 3 == 0][-count:]
+    assert seen == wanted
+    assert max(count for _, count in counted.reads) <= PAGE_SIZE
+    # The walk back counts without keeping; the entries come forwards, page by page.
+    assert reads_before_first <= len(counted.reads) - count // PAGE_SIZE + 1
+
+
+def test_follow_after_a_paged_history_has_no_gap_or_duplicate(
+    counted: CountingClient,
+) -> None:
+    key = f"stream:logs:{ALICE}"
+    fill(counted.client, key, 3_000)
+    reader = StreamReader(counted, Names(), block_ms=100, page=PAGE_SIZE)
+
+    window = reader.window(ALICE, None)
+    seen = [next(window.entries).message]
+    fill(counted.client, key, 1_000, first=3_000)  # arrives while the history is read
+    seen += [entry.message for entry in window.entries]
+    assert seen == [f"m{i}" for i in range(3_000)]  # the history ends where it began
+    for entry in reader.follow(ALICE, window.cursor, timeout=10):
+        seen.append(entry.message)
+        if entry.message == "m3999":
+            break
+    assert seen == [f"m{i}" for i in range(4_000)]
+
+
+def test_a_window_of_nothing_is_empty_with_the_cursor_of_a_snapshot(
+    counted: CountingClient,
+) -> None:
+    reader = StreamReader(counted, Names(), block_ms=100, page=PAGE_SIZE)
+    for count in (None, 0, 5, 5_000):
+        window = reader.window(ALICE, count)
+        assert (list(window.entries), window.cursor) == ([], "0-0")
+    fill(counted.client, f"stream:logs:{ALICE}", 10)
+    newest = counted.client.xrevrange(f"stream:logs:{ALICE}", count=1)[0][0].decode()
+    assert reader.window(ALICE, None, since=newest).cursor == newest
+    assert list(reader.window(ALICE, None, since=newest).entries) == []

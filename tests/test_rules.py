@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from redis_logstream import log_context
+from redis_logstream import log_context, user_id_context
 
 from helpers import Handlers, entries, fresh_logger, messages, wait_for
 
@@ -372,6 +372,31 @@ def test_huge_messages_are_cut_to_max_message_bytes_and_marked(
     assert cut["message"].startswith("éé") and cut["message"].endswith("bytes cut]")
     assert cut["truncated"] is True
     assert "truncated" not in short
+
+
+def test_huge_logger_names_and_raw_contexts_are_cut_and_marked_and_name_no_key(
+    handlers: Handlers, redis_url: str, redis_client: redis.Redis
+) -> None:
+    handler = handlers(url=redis_url)
+    huge = "x" * (5 * 2**20)
+    log = fresh_logger(handler)
+    named = logging.getLogger(f"{log.name}.{huge}")  # propagates to ``log``'s handler
+    token = user_id_context.set(f"User.{huge}")  # the variable itself, around the checks
+    try:
+        named.info("under a huge logger and context")  # nothing may be raised here
+    finally:
+        user_id_context.reset(token)
+    log.info("plain")
+    assert handler.flush(5)
+    [(_, fields), _plain] = redis_client.xrange(GLOBAL)
+    assert len(fields[b"data"]) < 4096
+    cut, plain = entries(redis_client, GLOBAL)
+    assert cut["truncated"] is True and "truncated" not in plain
+    assert cut["logger"].startswith(f"{log.name}.xxx") and cut["logger"].endswith("bytes cut]")
+    assert cut["context"].startswith("User.xxx") and cut["context"].endswith("bytes cut]")
+    assert cut["message"] == "under a huge logger and context"
+    assert redis_client.keys("*") == [GLOBAL.encode()]  # no key named after the context
+    assert handler.stats()["failed"] == 0
 
 
 def test_the_stored_json_holds_the_wire_format_fields(

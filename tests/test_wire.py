@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from redis_logstream.wire import Encoder
+from redis_logstream.wire import MAX_NAME_BYTES, Encoder
 
 KEYS = {"message", "level", "levelno", "timestamp", "logger", "context", "pod", "pid"}
 CUT = re.compile(r" \[\.\.\. (\d+) bytes cut\]\Z")
@@ -354,3 +354,68 @@ def test_any_message_fits_the_limit_and_is_marked_only_when_cut(message, limit):
         assert record["truncated"] is True
         assert len(record["message"].encode("utf-8")) <= limit
         assert message.startswith(CUT.sub("", record["message"]))
+
+
+# -- logger names and raw contexts ---------------------------------------------
+
+
+def test_a_huge_logger_name_is_cut_like_a_message_and_marked():
+    original = "shop." + "x" * (5 * 2**20)
+    _, data, record = encode("short", logger=original)
+    assert len(data) < 2 * MAX_NAME_BYTES
+    assert record["truncated"] is True
+    assert record["message"] == "short"
+    assert len(record["logger"].encode("utf-8")) <= MAX_NAME_BYTES
+    kept = CUT.sub("", record["logger"])
+    assert original.startswith(kept) and len(kept) >= MAX_NAME_BYTES - 40
+    assert _cut_count(record["logger"]) == len(original) - len(kept)
+
+
+def test_a_huge_raw_context_is_cut_marked_and_names_no_stream():
+    # Set on the variable itself, around the helpers' checks.
+    original = "User." + "é" * (5 * 2**20)
+    route, data, record = encode(context=original)
+    assert route is None  # the global stream only: no key or channel of that size
+    assert len(data) < 2 * MAX_NAME_BYTES
+    assert record["truncated"] is True
+    assert len(record["context"].encode("utf-8")) <= MAX_NAME_BYTES
+    assert original.startswith(CUT.sub("", record["context"]))
+
+
+def test_a_cut_name_and_a_cut_message_carry_one_marker():
+    _, data, record = encode("m" * 5000, logger="l" * 5000, context="c" * 5000,
+                             encoder=Encoder(1024))  # fmt: skip
+    assert data.count(b'"truncated"') == 1
+    assert all(CUT.search(record[key]) for key in ("message", "logger", "context"))
+
+
+def test_names_up_to_the_bound_are_kept_whole_and_unmarked():
+    logger, context = "a" * MAX_NAME_BYTES, "é" * (MAX_NAME_BYTES // 2)
+    encoder = Encoder()
+    for _ in range(2):  # computed, then from the cache
+        _, _, record = encode(logger=logger, context=context, encoder=encoder)
+        assert (record["logger"], record["context"]) == (logger, context)
+        assert "truncated" not in record
+
+
+def test_a_cut_name_is_marked_on_every_record_not_only_the_first():
+    encoder = Encoder()
+    for _ in range(3):
+        assert encode(logger="x" * 5000, encoder=encoder)[2]["truncated"] is True
+        assert encode(context="y" * 5000, encoder=encoder)[2]["truncated"] is True
+    assert "truncated" not in encode(encoder=encoder)[2]
+
+
+@given(st.text(min_size=0, max_size=3000), st.text(min_size=0, max_size=3000))
+def test_any_logger_and_context_fit_the_bound_and_are_marked_only_when_cut(logger, context):
+    _, data, record = encode(logger=logger, context=context)
+    data.decode("utf-8", "strict")
+    cut = False
+    for key, original in (("logger", logger), ("context", context)):
+        if len(original.encode("utf-8")) <= MAX_NAME_BYTES:
+            assert record[key] == original
+        else:
+            cut = True
+            assert len(record[key].encode("utf-8")) <= MAX_NAME_BYTES
+            assert original.startswith(CUT.sub("", record[key]))
+    assert record.get("truncated", False) is cut

@@ -25,7 +25,7 @@ from .connection import client_factory, names_for
 from .context import validate_context
 from .naming import Names
 from .reader import DEFAULT_BLOCK_MS, client_for_url
-from .topology import connection_kwargs, is_cluster, safe_url
+from .topology import SCHEMES, connection_kwargs, is_cluster, safe_url
 
 __all__ = [
     "USAGE",
@@ -179,7 +179,7 @@ def add_site_url_argument(parser: argparse.ArgumentParser, verb: str) -> None:
     """``--url`` of the management commands, which otherwise use the site's Redis."""
     parser.add_argument(
         "--url",
-        help=f"{verb} this Redis (redis://, rediss://, unix://) instead of the site's "
+        help=f"{verb} this Redis ({', '.join(SCHEMES)}) instead of the site's "
         "(default: the handler's: REDIS_LOGSTREAM['URL'], else the django-redis "
         "cache alias REDIS_LOGSTREAM['CONNECTION'], 'default')",
     )

@@ -13,6 +13,9 @@ so that the hard parts are solved once:
   the SSE event ids: a ``Last-Event-ID`` is a cursor.
 - **Readers outlive Redis hiccups.**  A follower that loses Redis retries
   with capped, jittered backoff from the same cursor, and says so once.
+- **Memory does not grow with the stream.**  :meth:`StreamReader.window`
+  reads a history of any length as it is consumed, no read asking for more
+  than a page: ``tail -n all`` prints a million entries holding one page.
 - **Bad data never stops a reader.**  An entry that is not our JSON becomes
   a record with the raw text as its message and level ``"?"``
   (:mod:`.entries`, re-exported here with the level/logger filter).
@@ -46,6 +49,7 @@ __all__ = [
     "EntryFilter",
     "Snapshot",
     "StreamReader",
+    "Window",
     "client_for_url",
     "decode_entry",
     "parse_entry_id",
@@ -127,6 +131,15 @@ class Snapshot:
     cursor: str
 
 
+@dataclass(frozen=True)
+class Window:
+    """History read as it is consumed, oldest first, and the cursor to follow
+    from without a gap (known before the first entry is read)."""
+
+    entries: Iterator[Entry]
+    cursor: str
+
+
 class StreamReader:
     """Reads one naming scheme's streams: history and live follow.
 
@@ -136,10 +149,18 @@ class StreamReader:
     """
 
     def __init__(
-        self, client: Any, names: Names | None = None, *, block_ms: int = DEFAULT_BLOCK_MS
+        self,
+        client: Any,
+        names: Names | None = None,
+        *,
+        block_ms: int = DEFAULT_BLOCK_MS,
+        page: int | None = None,
     ) -> None:
         self.client = client
         self.names = names or Names()
+        #: The most entries one read asks for, and the most a history holds
+        #: at once (None: :data:`PAGE`).
+        self.page = max(1, int(PAGE if page is None else page))
         self.block_ms = min(max(1, int(block_ms)), _max_block_ms(client))
 
     def stream(self, context: str | None) -> str:
@@ -168,39 +189,78 @@ class StreamReader:
         since: str | None = None,
         match: Callable[[Entry], bool] | None = None,
     ) -> Snapshot:
-        """History plus the cursor to give :meth:`follow`.
+        """History plus the cursor to give :meth:`follow`, as a list: for a
+        bounded ``count`` (:meth:`window` streams a history of any length)."""
+        window = self.window(context, count, since, match)
+        return Snapshot(list(window.entries), window.cursor)
 
-        With ``match``, ``count`` counts matching entries: the stream is read
-        backwards a page at a time until enough matched (streams are capped,
-        so this is bounded).  The cursor is the newest id in the window even
-        if ``match`` rejected it, so the follower does not read it again.
+    def window(
+        self,
+        context: str | None,
+        count: int | None,
+        since: str | None = None,
+        match: Callable[[Entry], bool] | None = None,
+    ) -> Window:
+        """The last ``count`` entries (None: all) after ``since``, oldest
+        first, read as they are consumed, a page at a time; and the cursor.
+
+        With ``match``, ``count`` counts matching entries.  No read asks for
+        more than the reader's page of entries, and at most a page is held:
+        a history longer than a page is found walking backwards (counting
+        only), then read forwards up to the newest entry the walk saw.  The
+        cursor is that newest id, even if ``match`` rejected it, so the
+        follower neither reads it again nor misses what came after it.
         """
         key = self.stream(context)
         after = None if since is None else parse_since(since, self.now_ms)
         low = "-" if after is None else f"({after}"
-        if count == 0:
-            page = 1
-        elif count is not None and match is None:
-            page = count
-        else:
-            page = PAGE
-        found: list[Entry] = []
-        newest: str | None = None
-        high = "+"
-        while True:
-            rows = self.client.xrevrange(key, high, low, count=page)
+        page = self.page
+        if count == 0 or count is None:
+            rows = self.client.xrevrange(key, "+", low, count=1)
+            newest = _text(rows[0][0]) if rows else None
+            if count == 0 or newest is None:
+                return Window(iter(()), newest or after or "0-0")
+            return Window(self._forward(key, low, newest, match), newest)
+        found: list[Entry] = []  # kept only while they fit in a page
+        seen, start, newest, high = 0, low, None, "+"
+        while seen < count:
+            want = page if match is not None else min(page, count - seen)
+            rows = self.client.xrevrange(key, high, low, count=want)
             for entry_id, fields in rows:
-                entry = decode_entry(entry_id, fields)
-                newest = newest or entry.id
-                if count == 0 or (count is not None and len(found) >= count):
+                newest = newest or _text(entry_id)
+                if match is not None or count <= page:
+                    entry = decode_entry(entry_id, fields)
+                    if match is not None and not match(entry):
+                        continue
+                    if count <= page:
+                        found.append(entry)
+                seen += 1
+                if seen == count:
+                    start = _text(entry_id)
                     break
-                if match is None or match(entry):
-                    found.append(entry)
-            if len(rows) < page or count == 0 or (count is not None and len(found) >= count):
+            if len(rows) < want:
                 break
             high = f"({_text(rows[-1][0])}"
-        found.reverse()
-        return Snapshot(found, newest or after or "0-0")
+        cursor = newest or after or "0-0"
+        if count <= page or newest is None:
+            found.reverse()
+            return Window(iter(found), cursor)
+        return Window(self._forward(key, start, newest, match), cursor)
+
+    def _forward(
+        self, key: str, low: str, high: str, match: Callable[[Entry], bool] | None
+    ) -> Iterator[Entry]:
+        """The entries from ``low`` to ``high``, oldest first, a page per read."""
+        page = self.page
+        while True:
+            rows = self.client.xrange(key, low, high, count=page)
+            for entry_id, fields in rows:
+                entry = decode_entry(entry_id, fields)
+                if match is None or match(entry):
+                    yield entry
+            if len(rows) < page:
+                return
+            low = f"({_text(rows[-1][0])}"
 
     def follow(
         self,
@@ -284,7 +344,7 @@ class StreamReader:
                     return
                 block = max(1, min(block, int(left * 1000)))
             try:
-                reply = self.client.xread({key: cursor}, count=PAGE, block=block)
+                reply = self.client.xread({key: cursor}, count=self.page, block=block)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if not failing and notify is not None:
                     notify(f"lost Redis ({_one_line(exc)}); reconnecting")

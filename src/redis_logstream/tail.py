@@ -213,19 +213,38 @@ def tail(
                 out.write(render(entry))
                 out.flush()
         return
-    with redis_errors(reader.client):
-        snapshot = reader.snapshot(request.context, request.count, request.since, match)
-    for entry in snapshot.entries:
-        out.write(render(entry))
+    shown = 0
+    with redis_errors(reader.client):  # the history is read as it is printed, a page at a time
+        window = reader.window(request.context, request.count, request.since, match)
+        for entry in window.entries:
+            out.write(render(entry))
+            shown += 1
     out.flush()
+    if not shown and request.count != 0:
+        notifier(err)(_nothing_to_show(reader.stream(request.context), request))
     if not request.follow:
         return
     with redis_errors(reader.client):
         for entry in reader.follow(
-            request.context, snapshot.cursor, stop=stop, match=match, notify=notifier(err)
+            request.context, window.cursor, stop=stop, match=match, notify=notifier(err)
         ):
             out.write(render(entry))
             out.flush()
+
+
+def _nothing_to_show(key: str, request: TailRequest) -> str:
+    """Why nothing was printed: silence would look like a wrong name or a hang."""
+    limits = [
+        option
+        for option, given in (
+            ("--since", request.since is not None),
+            ("--level", request.filter.min_level is not None),
+            ("--logger", bool(request.filter.logger)),
+        )
+        if given
+    ]
+    said = f"no records of {key} match {', '.join(limits)}" if limits else f"{key} is empty"
+    return f"{said}; waiting for records (Ctrl-C to stop)" if request.follow else said
 
 
 def notifier(err: TextIO) -> Callable[[str], None]:

@@ -87,6 +87,9 @@ def client_for_url(url: str, kwargs: Mapping[str, Any]) -> Any:
     ``kwargs`` are pool options (timeouts, keepalive, a ``retry`` that does
     not retry); options in the URL's query win over them.
     """
+    if not url.startswith(SCHEMES):
+        given = f"not {url.partition('://')[0]}://" if "://" in url else "no scheme given"
+        raise ValueError(f"a Redis URL starts with {', '.join(SCHEMES)} ({given})")
     if url.startswith(CLUSTER_SCHEMES):
         return _cluster_from_url(url, kwargs)
     if url.startswith(SENTINEL_SCHEMES):

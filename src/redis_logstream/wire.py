@@ -12,6 +12,7 @@ logger name, context, host and pid.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -21,9 +22,14 @@ from typing import Any
 
 from .context import validate_context
 
-__all__ = ["Encoder", "host_name"]
+__all__ = ["MAX_NAME_BYTES", "Encoder", "host_name"]
 
 _CACHE_LIMIT = 4096
+#: The most a logger name, or the text of a context set around the helpers'
+#: checks, takes in a record (UTF-8 bytes).  A valid context (128 characters)
+#: never comes near it; longer names are cut, marked like a cut message.
+MAX_NAME_BYTES = 1024
+_TRUNCATED = b',"truncated":true'
 
 # The timestamp must read back as exactly record.created, and the shortest
 # repr of a float costs as much as half the rest of the encoding.  From 2**30
@@ -40,6 +46,19 @@ def _timestamp(created: float) -> bytes:
     """Other timestamps: the shortest exact form; null for NaN and infinities."""
     return repr(created).encode() if math.isfinite(created) else b"null"
 
+
+
+def _cut(text: str, limit: int) -> str | None:
+    """``text`` cut to ``limit`` UTF-8 bytes, marker included, on a character
+    boundary; None when it fits.  Lone surrogates count as their visible
+    escapes, which is what they become on the wire."""
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= limit:
+        return None
+    room = limit - len(f" [... {len(data)} bytes cut]")  # the longest marker
+    kept = data[: max(0, room)].decode("utf-8", "ignore")  # whole characters only
+    cut = len(data) - len(kept.encode("utf-8"))
+    return f"{kept} [... {cut} bytes cut]"
 
 
 def host_name() -> str:
@@ -75,17 +94,24 @@ class Encoder:
         message, levelno, created, name, context = item
         truncated = b""
         if len(message) > self._short:
-            message, truncated = self._cut(message)
+            cut = _cut(message, self.max_message_bytes)
+            if cut is not None:
+                message, truncated = cut, _TRUNCATED
         middle = self._middles.get((levelno, name))
         if middle is None:
-            middle = self._middle(levelno, name)
+            middle, whole = self._middle(levelno, name)
+            if not whole:
+                truncated = _TRUNCATED
         try:
             known = self._contexts.get(context)
         except TypeError:  # unhashable: set on the raw variable, around the helpers
             known = None
         if known is None:
-            known = self._context(context)
-        ctx, route = known
+            ctx, route, whole = self._context(context)
+            if not whole:
+                truncated = _TRUNCATED
+        else:
+            ctx, route = known
         if created.__class__ is not float:
             created = float(created)
         try:
@@ -96,45 +122,47 @@ class Encoder:
             return route, _FIXED % (text, truncated, created, middle, ctx, self._tail)
         return route, _ANY % (text, truncated, _timestamp(created), middle, ctx, self._tail)
 
-    def _cut(self, message: str) -> tuple[str, bytes]:
-        data = message.encode("utf-8", "backslashreplace")
-        limit = self.max_message_bytes
-        if len(data) <= limit:
-            return message, b""
-        room = limit - len(f" [... {len(data)} bytes cut]")  # the longest marker
-        kept = data[:room].decode("utf-8", "ignore")  # whole characters only
-        cut = len(data) - len(kept.encode("utf-8"))
-        return f"{kept} [... {cut} bytes cut]", b',"truncated":true'
+    def _middle(self, levelno: int, name: str) -> tuple[bytes, bool]:
+        """The level and logger part, and whether the name was kept whole.
 
-    def _middle(self, levelno: int, name: str) -> bytes:
+        A cut name is not cached: the cache would hold the huge original.
+        """
         level = _clean(str(logging.getLevelName(levelno)))
+        cut = _cut(name, MAX_NAME_BYTES) if len(name) > MAX_NAME_BYTES // 6 else None
         middle = (
             f',"level":{encode_basestring(level)},"levelno":{levelno:d}'
-            f',"logger":{encode_basestring(_clean(name))}'
+            f',"logger":{encode_basestring(_clean(name) if cut is None else cut)}'
         ).encode()
-        if len(self._middles) >= _CACHE_LIMIT:
-            self._middles.clear()
-        self._middles[(levelno, name)] = middle
-        return middle
+        if cut is None:
+            if len(self._middles) >= _CACHE_LIMIT:
+                self._middles.clear()
+            self._middles[(levelno, name)] = middle
+        return middle, cut is None
 
-    def _context(self, context: Any) -> tuple[bytes, str | None]:
-        """The JSON of ``context`` and the context to route by.
+    def _context(self, context: Any) -> tuple[bytes, str | None, bool]:
+        """The JSON of ``context``, the context to route by, and whether its
+        text was kept whole.
 
         The helpers validate contexts when they are set, but the variable
         itself is public: a value set around them (not a str, too long,
-        reserved) still reaches the global stream, under its text.
+        reserved) still reaches the global stream, under its text, cut to
+        :data:`MAX_NAME_BYTES`; it never names a key or a channel.
         """
+        cut = None
+        route: str | None = None
         if context is None:
-            known: tuple[bytes, str | None] = (b',"context":null', None)
+            ctx = b',"context":null'
         else:
-            try:
-                route: str | None = validate_context(context)
-            except ValueError:
-                route = None
-            text = f',"context":{encode_basestring(_clean(str(context)))}'
-            known = (text.encode("utf-8"), route)
-        if context.__class__ is str or context is None:  # 1, 1.0 and True are equal keys
+            with contextlib.suppress(ValueError):
+                route = validate_context(context)
+            text = str(context)
+            if len(text) > MAX_NAME_BYTES // 6:
+                cut = _cut(text, MAX_NAME_BYTES)
+            shown = _clean(text) if cut is None else cut
+            ctx = f',"context":{encode_basestring(shown)}'.encode()
+        # Only str and None are cached: 1, 1.0 and True are equal keys.
+        if cut is None and (context.__class__ is str or context is None):
             if len(self._contexts) >= _CACHE_LIMIT:
                 self._contexts.clear()
-            self._contexts[context] = known
-        return known
+            self._contexts[context] = (ctx, route)
+        return ctx, route, cut is None
