@@ -178,7 +178,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, site: bool) -> None:
         )
     rabbit = parser.add_argument_group(
         "RabbitMQ", "Consume what an AmqpLogHandler publishes instead (the amqp extra): the "
-        "group is the durable queue <exchange>.<group>; Nack requeues after --retry-after.",
+        "group is the durable queue <exchange>.<group>; Nack requeues after --retry-after; "
+        "given-up records go to the queue <exchange>.<group>.dead-letter.",
     )  # fmt: skip
     rabbit.add_argument("--amqp", metavar="URL",
                         help="the broker: amqp://user:password@host:port/vhost")  # fmt: skip
