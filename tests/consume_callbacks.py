@@ -29,6 +29,10 @@ def slowly(entry: LogEntry) -> None:
 
 
 def crash_on_boom(entry: LogEntry) -> None:
+    """Raises on "boom" records; notes each delivery in $HANDED when set."""
+    if os.environ.get("HANDED"):
+        with open(os.environ["HANDED"], "a", encoding="utf-8") as out:
+            out.write(f"{entry.deliveries} {entry.message}\n")
     if "boom" in entry.message:
         raise RuntimeError(f"cannot handle {entry.message!r}")
     _write(entry)

@@ -353,17 +353,14 @@ def restarted_like_systemd(start, settled, kill_when=None, starts: int = 7) -> l
     (``Restart=on-failure``), until ``settled()``; then SIGTERM it.
 
     ``kill_when()`` true makes the test kill -9 the running consumer (an
-    OOM kill, a segfault in a C extension).  Returns the exit statuses.
+    OOM kill, a segfault in a C extension) at once.  Returns the exit statuses.
     """
     statuses: list[int] = []
     for _ in range(starts):
         proc = start()
-        before = kill_when() if kill_when else None
 
-        def ended(proc: ConsumerProcess = proc, before: object = before) -> bool:
-            if proc.proc.poll() is not None or settled():
-                return True
-            return kill_when is not None and kill_when() != before
+        def ended(proc: ConsumerProcess = proc) -> bool:
+            return proc.proc.poll() is not None or settled() or bool(kill_when and kill_when())
 
         wait_for(ended, timeout=30)
         if proc.proc.poll() is None:
@@ -397,9 +394,14 @@ def test_a_poison_record_is_dead_lettered_after_max_deliveries_and_the_group_goe
             and pending(redis_client, context, group) == 0
         )
 
-    began = time.monotonic()
-    statuses = restarted_like_systemd(start, settled)
-    took = time.monotonic() - began
+    handed = tmp_path / "handed.txt"
+    os.environ["HANDED"] = str(handed)
+    try:
+        began = time.monotonic()
+        statuses = restarted_like_systemd(start, settled)
+        took = time.monotonic() - began
+    finally:
+        del os.environ["HANDED"]
     # Deliveries 1-4 fail and stop the consumer (status 1, as before); the 5th
     # is the last: dead-lettered, and the same process goes on with the rest.
     assert statuses == [1, 1, 1, 1, 0]
@@ -410,6 +412,10 @@ def test_a_poison_record_is_dead_lettered_after_max_deliveries_and_the_group_goe
     assert fields[b"attempts"] == b"5" and fields[b"group"] == group.encode()
     assert fields[b"reason"] == b"RuntimeError: cannot handle 'boom 42'"
     assert b"Traceback" in fields[b"error"] and b"crash_on_boom" in fields[b"error"]
+    lines = handed.read_text().splitlines()
+    assert [line for line in lines if "boom" in line] == [f"{n} boom 42" for n in range(1, 6)]
+    # Read behind it by a consumer that stopped: not charged a delivery.
+    assert {line.split()[0] for line in lines if "boom" not in line} == {"1"}
     assert pending(redis_client, context, group) == 0
     print(f"FIGURE poison record, Redis: {len(statuses)} starts (exit {statuses}), "
           f"{len(handled)} other records handled once each, {took:.1f} s in all")  # fmt: skip
@@ -436,8 +442,9 @@ def test_a_consumer_killed_on_the_poison_record_counts_that_delivery(
                                     "--consumer", "host-kills"))  # fmt: skip
         return seen[-1]
 
-    def booms() -> int:
-        return handed.read_text().count("boom") if handed.exists() else 0
+    def hanging() -> bool:
+        """The running consumer (each earlier one was killed on it) has the poison."""
+        return handed.exists() and handed.read_text().count("boom") >= len(seen)
 
     def settled() -> bool:
         return len(dead_letters(redis_client, group)) == 1 and pending(
@@ -446,7 +453,7 @@ def test_a_consumer_killed_on_the_poison_record_counts_that_delivery(
 
     os.environ["HANDED"] = str(handed)
     try:
-        statuses = restarted_like_systemd(start, settled, kill_when=booms)
+        statuses = restarted_like_systemd(start, settled, kill_when=hanging)
     finally:
         del os.environ["HANDED"]
     assert statuses == [-signal.SIGKILL] * 3 + [0]

@@ -121,6 +121,7 @@ class AmqpConsumer(CallbackRunner):
         self._channel: Any = None
         self._publisher: Any = None  # a channel in confirm mode, for copies
         self._tag = f"{self.name}-{id(self)}"
+        self._subscribed = False
         self._inbox: deque[Any] = deque()  # received, not yet looked at
         self._later: list[tuple[float, int]] = []  # (due, delivery tag) of Nack'ed messages
 
@@ -145,6 +146,7 @@ class AmqpConsumer(CallbackRunner):
                     self._stopping.wait(delay)
                 finally:
                     self._channel, self._publisher, self._later = None, None, []
+                    self._subscribed = False
                     self._inbox.clear()
                     if conn is not None:
                         with contextlib.suppress(Exception):
@@ -164,10 +166,20 @@ class AmqpConsumer(CallbackRunner):
         publisher = conn.channel()
         publisher.confirm_select()
         channel.basic_qos(0, self.batch, False)
-        channel.basic_consume(self.queue, callback=self._on_message, no_ack=False,
-                              consumer_tag=self._tag)  # fmt: skip
         self._channel, self._publisher = channel, publisher
+        self._subscribe()
         return conn
+
+    def _subscribe(self) -> None:
+        self._channel.basic_consume(self.queue, callback=self._on_message, no_ack=False,
+                                    consumer_tag=self._tag)  # fmt: skip
+        self._subscribed = True
+
+    def _unsubscribe(self) -> None:
+        """No more deliveries; those already on their way land in the inbox."""
+        if self._subscribed:
+            self._subscribed = False
+            self._channel.basic_cancel(self._tag)
 
     def _consume(self, conn: Any) -> None:
         while not self.stopping:
@@ -197,7 +209,16 @@ class AmqpConsumer(CallbackRunner):
             return
         key = _headers(message).get(ROUTING_HEADER) or message.delivery_info["routing_key"]
         entry = LogEntry.from_fields(str(key), tag, {b"data": message.body}, prior + 1)
+        if not 0 < prior < self.max_deliveries:
+            self._handle(entry)
+            return
+        # It failed before: handled alone, so that if it kills the consumer
+        # again, no other message comes back flagged with it and is charged.
+        self._unsubscribe()
+        self._put_back_inbox()
         self._handle(entry)
+        if not self.stopping:
+            self._subscribe()
 
     def _copy_back(self, message: Any, deliveries: int) -> None:
         """Put ``message`` back at the end of the queue with ``deliveries``
@@ -210,16 +231,20 @@ class AmqpConsumer(CallbackRunner):
         self._publisher.basic_publish_confirm(copy, exchange="", routing_key=self.queue)
         self._channel.basic_ack(message.delivery_info["delivery_tag"])
 
+    def _put_back_inbox(self) -> None:
+        """What was received and never handed to the callback goes back with
+        its count unchanged (the broker would flag it redelivered)."""
+        while self._inbox:
+            message = self._inbox.popleft()
+            self._copy_back(message, prior_deliveries(message)[0])
+
     def _give_back(self) -> None:
-        """Stopping: what was received and never handed to the callback goes
-        back with its count unchanged (the broker would flag it redelivered)."""
+        """Stopping: put back what was received and not handled."""
         if self._channel is None:
             return
         try:
-            self._channel.basic_cancel(self._tag)  # what was on its way arrives first
-            while self._inbox:
-                message = self._inbox.popleft()
-                self._copy_back(message, prior_deliveries(message)[0])
+            self._unsubscribe()
+            self._put_back_inbox()
         except (OSError, amqp.exceptions.AMQPError, amqp.exceptions.MessageNacked) as exc:
             report(logging.WARNING, "consumer %s: %d received records go back to the queue "
                    "as redelivered (%s)", self.name, len(self._inbox) + 1, exc)  # fmt: skip
