@@ -428,3 +428,45 @@ def test_records_a_stopping_consumer_never_reached_are_not_charged_a_delivery(
     assert seen == [("record 0", 1), ("record 1", 1), ("record 2", 1),
                     ("record 2", 2), ("record 3", 1), ("record 4", 1)]  # fmt: skip
     assert again.stats["dead_lettered"] == 0
+
+
+def test_the_documented_acl_line_lets_a_consumer_retry_claim_and_dead_letter(own_redis):
+    """Every command of a consumer's paths (first reads, a restart's pending
+    records, claims, Nacks, dead-lettering) under docs/processing.md's ACL."""
+    import json
+
+    import redis
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "processing.md").read_text()
+    [line] = [text for text in docs.splitlines() if text.startswith("user logconsumer ")]
+    admin = redis.Redis.from_url(own_redis.url)
+    admin.execute_command("ACL", "SETUSER", *line.split()[1:])
+    admin.execute_command("ACL", "LOG", "RESET")
+    stream = "stream:logs:job_acl"
+    for i in range(6):
+        admin.xadd(stream, {"data": json.dumps({"message": f"m{i}", "level": "INFO"})})
+    url = own_redis.url.replace("redis://", "redis://logconsumer:PASSWORD@", 1)
+    seen: list[tuple[str, int]] = []
+
+    def callback(entry: LogEntry) -> None:
+        seen.append((entry.message, entry.deliveries))
+        if entry.message == "m1":
+            raise Nack("later", retry_after=0.01)
+        if entry.message == "m3" and entry.deliveries == 1:
+            raise RuntimeError("stop here")
+
+    options = {"start": "0", "claim_after": 0.2, "max_deliveries": 2}
+    first = Running(url, "job_acl", "g", callback, consumer="w", **options)
+    first.start()  # (begin() would check the group with the admin's commands)
+    first.join(10)
+    assert first.status == 1
+    admin.xadd(stream, {"data": "left by a dead consumer"})
+    admin.xreadgroup("g", "dead", {stream: ">"})
+    again = Running(url, "job_acl", "g", callback, consumer="w", **options)
+    again.start()
+    wait_for(lambda: again.stats["claimed"] == 1 and again.stats["dead_lettered"] == 1)
+    assert again.stop() == 0
+    assert ("m3", 2) in seen and ("m1", 2) in seen
+    assert admin.xpending(stream, "g")["pending"] == 0
+    assert admin.xlen("stream:logs/dead-letter/g") == 1
+    assert admin.execute_command("ACL", "LOG") == []

@@ -10,7 +10,7 @@ returned.  The guarantees are those of a consumer group:
 - At least once: a record is acknowledged only after it was handled, so a
   consumer that crashes (even ``kill -9``) leaves its records pending; the
   same consumer restarted reads them again first, and any other consumer of
-  the group claims them (``XAUTOCLAIM``) once they have waited
+  the group claims them (``XPENDING IDLE``, ``XCLAIM``) once they have waited
   ``claim_after`` seconds.  A crash between handling and acknowledging
   gives that record a second delivery: acknowledgements are sent once per
   batch, with the next read, so at most one batch is handled twice.
