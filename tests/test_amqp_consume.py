@@ -331,3 +331,30 @@ def test_a_consumer_killed_on_the_poison_message_counts_that_delivery(
     assert sorted(handled) == sorted(others)  # acknowledged one by one: each once
     # Prefetched behind it when it first killed the consumer: charged that once, no more.
     assert max(int(line.split()[0]) for line in lines if "boom" not in line) <= 2
+
+
+def test_a_quorum_queues_own_delivery_count_is_used(rabbit_url, exchange, log):
+    conn = amqp.Connection("127.0.0.1:5672")
+    conn.connect()
+    conn.channel().queue_declare(queue_name(exchange, "g"), durable=True, auto_delete=False,
+                                 arguments={"x-queue-type": "quorum"})  # fmt: skip
+    conn.close()
+    deliveries: list[int] = []
+
+    def broken(entry: LogEntry) -> None:
+        deliveries.append(entry.deliveries)
+        raise KeyError(entry.message)
+
+    with Running(rabbit_url, exchange, "probe"):
+        pass
+    first = Running(rabbit_url, exchange, "g", broken, max_deliveries=2, patterns=["#"])
+    first.start()
+    wait_for(lambda: _queue_consumers(exchange, "g") == 1)
+    log("boom")
+    first.join(10)
+    assert first.status == 1  # delivery 1 of 2: handed back, the broker counts it
+    with Running(rabbit_url, exchange, "g", broken, max_deliveries=2, patterns=["#"]) as again:
+        wait_for(lambda: again.consumer.stats()["dead_lettered"] == 1)
+    assert deliveries == [1, 2]
+    [dead] = _dead_letters(exchange, "g")
+    assert dead.properties["application_headers"][DELIVERIES_HEADER] == 2

@@ -17,7 +17,8 @@ records that delivery before anything else: it publishes a copy to the
 group's queue with the header ``x-redis-logstream-deliveries`` one higher
 (the broker confirming it), then acknowledges the original; the copy comes
 back unflagged and is handled.  A quorum queue's own ``x-delivery-count``
-is used where present, without copies.  A message delivered
+is used where present, without copies (a group queue declared beforehand,
+quorum or not, is used as it is).  A message delivered
 ``max_deliveries`` times without an acknowledgement goes to the queue
 ``<exchange>.<group>.dead-letter`` with the last error, and is
 acknowledged.  Messages received and never handed to the callback when the
@@ -159,7 +160,11 @@ class AmqpConsumer(CallbackRunner):
         conn = amqp.Connection(**self.options)
         conn.connect()
         channel = reader_channel(conn, self.exchange, self.durable_exchange)
-        channel.queue_declare(self.queue, durable=True, auto_delete=False)
+        try:  # one the operator declared (a quorum queue, say) is used as it is
+            channel.queue_declare(self.queue, passive=True)
+        except amqp.exceptions.NotFound:  # the broker closed that channel
+            channel = conn.channel()
+            channel.queue_declare(self.queue, durable=True, auto_delete=False)
         channel.queue_declare(self.dead_queue, durable=True, auto_delete=False)
         for pattern in self.patterns:
             channel.queue_bind(self.queue, self.exchange, pattern)
@@ -258,6 +263,9 @@ class AmqpConsumer(CallbackRunner):
         heapq.heappush(self._later, (time.monotonic() + delay, int(entry.id)))
 
     def _leave(self, entry: LogEntry) -> None:
+        # The consumer stops: unsubscribed first, lest the broker hand the
+        # message straight back to it (a quorum queue would count that too).
+        self._unsubscribe()
         self._channel.basic_reject(int(entry.id), requeue=True)  # comes back flagged: counted
 
     def _dead_letter(
