@@ -358,3 +358,23 @@ def test_a_quorum_queues_own_delivery_count_is_used(rabbit_url, exchange, log):
     assert deliveries == [1, 2]
     [dead] = _dead_letters(exchange, "g")
     assert dead.properties["application_headers"][DELIVERIES_HEADER] == 2
+
+
+def test_nacks_count_as_deliveries_then_the_message_is_dead_lettered(rabbit_url, exchange, log):
+    deliveries: list[int] = []
+
+    def refuse(entry: LogEntry) -> None:
+        if entry.message == "refused":
+            deliveries.append(entry.deliveries)
+            raise Nack("the pager is down", retry_after=0.05)
+
+    with Running(rabbit_url, exchange, "g", refuse, max_deliveries=3) as r:
+        log("refused", *numbered(20))
+        wait_for(lambda: r.consumer.stats()["dead_lettered"] == 1)
+    stats = r.consumer.stats()
+    assert deliveries == [1, 2, 3] and stats["nacked"] == 3 and stats["handled"] == 20
+    [dead] = _dead_letters(exchange, "g")
+    headers = dead.properties["application_headers"]
+    assert headers[DELIVERIES_HEADER] == 3
+    assert headers["x-redis-logstream-reason"] == "the pager is down"
+    assert _queue_length(queue_name(exchange, "g")) == 0

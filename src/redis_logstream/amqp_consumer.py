@@ -4,8 +4,8 @@ A group is a durable queue, ``<exchange>.<group>``, bound to the exchange
 with the group's patterns: every group gets every matching record, the
 consumers of a group share its queue.  Each message is acknowledged once
 the callback returned (or raised ``Drop``); ``Nack`` hands it back to the
-queue after ``retry_after`` seconds (``basic.reject`` with requeue), to
-this consumer or another; ``HaltConsumer`` and an unexpected exception
+queue after ``retry_after`` seconds (as a copy that counts the delivery),
+to this consumer or another; ``HaltConsumer`` and an unexpected exception
 hand the record back at once and stop.  Messages a consumer had received
 and not acknowledged when it died go back to the queue by themselves (the
 broker requeues them with the channel), so a crash loses nothing.
@@ -22,7 +22,9 @@ quorum or not, is used as it is).  A message delivered
 ``max_deliveries`` times without an acknowledgement goes to the queue
 ``<exchange>.<group>.dead-letter`` with the last error, and is
 acknowledged.  Messages received and never handed to the callback when the
-consumer stops are put back the same way with their count unchanged.
+consumer stops are put back the same way with their count unchanged.  A
+message whose last delivery got no answer is handed to the callback alone,
+so that if it kills the consumer again no other message is charged.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ _BACKOFF_CAP = 5.0
 DELIVERIES_HEADER = "x-redis-logstream-deliveries"
 #: The routing key the record was published with (a copy's is the queue's name).
 ROUTING_HEADER = "x-redis-logstream-routing-key"
+#: On a copy whose last delivery ended with no answer (a crash, an exception, a halt).
+UNANSWERED_HEADER = "x-redis-logstream-unanswered"
 _BROKER_COUNT = "x-delivery-count"  # a quorum queue's own count
 
 
@@ -72,6 +76,12 @@ def _headers(message: Any) -> dict[str, Any]:
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _unanswered(message: Any) -> bool:
+    """Whether its last delivery ended with no answer from the callback."""
+    headers = _headers(message)
+    return bool(headers.get(UNANSWERED_HEADER)) or _count(headers.get(_BROKER_COUNT)) > 0
 
 
 def prior_deliveries(message: Any) -> tuple[int, bool]:
@@ -124,7 +134,9 @@ class AmqpConsumer(CallbackRunner):
         self._tag = f"{self.name}-{id(self)}"
         self._subscribed = False
         self._inbox: deque[Any] = deque()  # received, not yet looked at
-        self._later: list[tuple[float, int]] = []  # (due, delivery tag) of Nack'ed messages
+        # Nack'ed messages: (due, delivery tag, message, the delivery that was refused)
+        self._later: list[tuple[float, int, Any, int]] = []
+        self._in_hand: Any = None  # the message the callback is looking at
 
     def run(self) -> int:
         delay = 0.0
@@ -197,8 +209,8 @@ class AmqpConsumer(CallbackRunner):
                 self._receive(self._inbox.popleft())
             now = time.monotonic()
             while self._later and self._later[0][0] <= now:
-                _due, tag = heapq.heappop(self._later)
-                self._channel.basic_reject(tag, requeue=True)  # comes back flagged: counted
+                _due, _tag, message, refused = heapq.heappop(self._later)
+                self._copy_back(message, refused, unanswered=False)
         self._give_back()
 
     def _on_message(self, message: Any) -> None:
@@ -210,27 +222,36 @@ class AmqpConsumer(CallbackRunner):
         prior, recorded = prior_deliveries(message)
         tag = message.delivery_info["delivery_tag"]
         if not recorded and prior < self.max_deliveries:
-            self._copy_back(message, prior)
+            self._copy_back(message, prior, unanswered=True)
             return
         key = _headers(message).get(ROUTING_HEADER) or message.delivery_info["routing_key"]
         entry = LogEntry.from_fields(str(key), tag, {b"data": message.body}, prior + 1)
-        if not 0 < prior < self.max_deliveries:
+        self._in_hand = message
+        try:
+            if prior >= self.max_deliveries or not _unanswered(message):
+                self._handle(entry)
+                return
+            # It got no answer last time: handled alone, so that if it kills
+            # the consumer again, no other message comes back flagged with it.
+            self._unsubscribe()
+            self._put_back_inbox()
             self._handle(entry)
-            return
-        # It failed before: handled alone, so that if it kills the consumer
-        # again, no other message comes back flagged with it and is charged.
-        self._unsubscribe()
-        self._put_back_inbox()
-        self._handle(entry)
-        if not self.stopping:
-            self._subscribe()
+            if not self.stopping:
+                self._subscribe()
+        finally:
+            self._in_hand = None
 
-    def _copy_back(self, message: Any, deliveries: int) -> None:
+    def _copy_back(self, message: Any, deliveries: int, unanswered: bool | None = None) -> None:
         """Put ``message`` back at the end of the queue with ``deliveries``
-        recorded: the copy first (confirmed), then the original's ack."""
+        recorded (and whether the last one got an answer, unless None: as it
+        was): the copy first (confirmed), then the original's ack."""
         headers = {k: v for k, v in _headers(message).items() if k != _BROKER_COUNT}
         headers[DELIVERIES_HEADER] = deliveries
         headers.setdefault(ROUTING_HEADER, message.delivery_info["routing_key"])
+        if unanswered is not None:
+            headers.pop(UNANSWERED_HEADER, None)
+            if unanswered:
+                headers[UNANSWERED_HEADER] = True
         properties = {k: v for k, v in message.properties.items() if k != "application_headers"}
         copy = amqp.Message(message.body, application_headers=headers, **properties)
         self._publisher.basic_publish_confirm(copy, exchange="", routing_key=self.queue)
@@ -244,12 +265,16 @@ class AmqpConsumer(CallbackRunner):
             self._copy_back(message, prior_deliveries(message)[0])
 
     def _give_back(self) -> None:
-        """Stopping: put back what was received and not handled."""
+        """Stopping: put back what was received and not handled, and the
+        Nack'ed messages with the refusal counted."""
         if self._channel is None:
             return
         try:
             self._unsubscribe()
             self._put_back_inbox()
+            while self._later:
+                _due, _tag, message, refused = heapq.heappop(self._later)
+                self._copy_back(message, refused, unanswered=False)
         except (OSError, amqp.exceptions.AMQPError, amqp.exceptions.MessageNacked) as exc:
             report(logging.WARNING, "consumer %s: %d received records go back to the queue "
                    "as redelivered (%s)", self.name, len(self._inbox) + 1, exc)  # fmt: skip
@@ -260,7 +285,8 @@ class AmqpConsumer(CallbackRunner):
 
     def _nack(self, entry: LogEntry, nack: Nack) -> None:
         delay = self.retry_after if nack.retry_after is None else nack.retry_after
-        heapq.heappush(self._later, (time.monotonic() + delay, int(entry.id)))
+        due = time.monotonic() + delay
+        heapq.heappush(self._later, (due, int(entry.id), self._in_hand, entry.deliveries))
 
     def _leave(self, entry: LogEntry) -> None:
         # The consumer stops: unsubscribed first, lest the broker hand the
