@@ -29,6 +29,10 @@ def slowly(entry: LogEntry) -> None:
 
 
 def crash_on_boom(entry: LogEntry) -> None:
+    """Raises on "boom" records; notes each delivery in $HANDED when set."""
+    if os.environ.get("HANDED"):
+        with open(os.environ["HANDED"], "a", encoding="utf-8") as out:
+            out.write(f"{entry.deliveries} {entry.message}\n")
     if "boom" in entry.message:
         raise RuntimeError(f"cannot handle {entry.message!r}")
     _write(entry)
@@ -57,3 +61,13 @@ class Recorder:
             out.write(f"{self.prefix}{self.instance} {entry.message}\n")
         if entry.message == "enough":
             raise HaltConsumer(0, ack=True)
+
+
+def hang_on_boom(entry: LogEntry) -> None:
+    """Notes each record it is handed in $HANDED (with its delivery number),
+    then hangs on "boom" records, for a test to kill the process there."""
+    with open(os.environ["HANDED"], "a", encoding="utf-8") as out:
+        out.write(f"{entry.deliveries} {entry.message}\n")
+    if "boom" in entry.message:
+        time.sleep(60)
+    _write(entry)

@@ -329,6 +329,10 @@ def test_consume_calls_a_class_callback_built_once_with_its_config(redis_url, lo
         ({"group": "g"}, "give at least one stream"),
         ({"group": "", "contexts": ["job_1"]}, "group must be a non-empty str"),
         ({"group": "g", "contexts": ["job_1"], "batch": 0}, "batch must be an int >= 1"),
+        (
+            {"group": "g", "contexts": ["job_1"], "max_deliveries": 0},
+            "max_deliveries must be an int >= 1",
+        ),
         ({"group": "g", "contexts": ["job_1"], "callback_config": {"a": 1}}, "for a class"),
     ],
 )
@@ -357,3 +361,112 @@ def test_a_consumer_outlives_a_redis_restart_and_recreates_its_group(
         log("after")
         wait_for(lambda: len(r.seen) == 2, timeout=10)
     assert [e.message for e in r.seen] == ["before", "after"]
+
+
+def test_nacks_count_as_deliveries_across_a_restart(redis_url, log, context, redis_client):
+    group = f"pager-{uuid.uuid4().hex[:8]}"
+    deliveries: list[int] = []
+
+    def refuse(entry: LogEntry) -> None:
+        deliveries.append(entry.deliveries)
+        raise Nack("the pager is down", retry_after=0.05)
+
+    first = Running(redis_url, context, group, refuse, consumer="c", max_deliveries=3).begin()
+    log(1)
+    wait_for(lambda: len(deliveries) == 2)
+    first.stop()  # the count is Redis's: a restart does not start it again at 1
+    with Running(redis_url, context, group, refuse, consumer="c", max_deliveries=3) as again:
+        wait_for(lambda: again.stats["dead_lettered"] == 1)
+    assert deliveries == [1, 2, 3]
+    [(_, fields)] = redis_client.xrange(f"stream:logs/dead-letter/{group}")
+    assert fields[b"attempts"] == b"3" and fields[b"reason"] == b"the pager is down"
+    assert pending(redis_client, f"stream:logs:{context}", group) == 0
+    redis_client.delete(f"stream:logs/dead-letter/{group}")
+
+
+def test_the_last_delivery_failing_dead_letters_the_record_and_the_consumer_goes_on(
+    redis_url, log, context, redis_client, caplog
+):
+    group = f"broken-{uuid.uuid4().hex[:8]}"
+
+    def broken(entry: LogEntry) -> None:
+        if entry.message == "record 2":
+            raise KeyError("oops")
+
+    with Running(redis_url, context, group, broken, max_deliveries=1) as r:
+        log(5)
+        wait_for(lambda: r.stats["handled"] == 4 and r.stats["dead_lettered"] == 1)
+        assert r.is_alive() and r.status is None
+    assert r.stop() == 0
+    [(_, fields)] = redis_client.xrange(f"stream:logs/dead-letter/{group}")
+    assert b'"message":"record 2"' in fields[b"data"] and fields[b"attempts"] == b"1"
+    assert fields[b"reason"] == b"KeyError: 'oops'"
+    assert fields[b"error"].startswith(b"Traceback") and b"in broken" in fields[b"error"]
+    assert pending(redis_client, f"stream:logs:{context}", group) == 0
+    assert "delivery 1 of 1" in caplog.text and "goes on" in caplog.text
+    redis_client.delete(f"stream:logs/dead-letter/{group}")
+
+
+def test_records_a_stopping_consumer_never_reached_are_not_charged_a_delivery(
+    redis_url, log, context
+):
+    from redis_logstream.consumers import HaltConsumer
+
+    seen: list[tuple[str, int]] = []
+
+    def halt_on_2(entry: LogEntry) -> None:
+        seen.append((entry.message, entry.deliveries))
+        if entry.message == "record 2" and entry.deliveries == 1:
+            raise HaltConsumer(3)  # left pending; so are 3 and 4, read in the same batch
+
+    first = Running(redis_url, context, "g", halt_on_2, consumer="w", max_deliveries=2).begin()
+    log(5)
+    first.join(10)
+    assert first.status == 3
+    with Running(redis_url, context, "g", halt_on_2, consumer="w", max_deliveries=2) as again:
+        wait_for(lambda: again.stats["handled"] == 3)
+    assert seen == [("record 0", 1), ("record 1", 1), ("record 2", 1),
+                    ("record 2", 2), ("record 3", 1), ("record 4", 1)]  # fmt: skip
+    assert again.stats["dead_lettered"] == 0
+
+
+def test_the_documented_acl_line_lets_a_consumer_retry_claim_and_dead_letter(own_redis):
+    """Every command of a consumer's paths (first reads, a restart's pending
+    records, claims, Nacks, dead-lettering) under docs/processing.md's ACL."""
+    import json
+
+    import redis
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "processing.md").read_text()
+    [line] = [text for text in docs.splitlines() if text.startswith("user logconsumer ")]
+    admin = redis.Redis.from_url(own_redis.url)
+    admin.execute_command("ACL", "SETUSER", *line.split()[1:])
+    admin.execute_command("ACL", "LOG", "RESET")
+    stream = "stream:logs:job_acl"
+    for i in range(6):
+        admin.xadd(stream, {"data": json.dumps({"message": f"m{i}", "level": "INFO"})})
+    url = own_redis.url.replace("redis://", "redis://logconsumer:PASSWORD@", 1)
+    seen: list[tuple[str, int]] = []
+
+    def callback(entry: LogEntry) -> None:
+        seen.append((entry.message, entry.deliveries))
+        if entry.message == "m1":
+            raise Nack("later", retry_after=0.01)
+        if entry.message == "m3" and entry.deliveries == 1:
+            raise RuntimeError("stop here")
+
+    options = {"start": "0", "claim_after": 0.2, "max_deliveries": 2}
+    first = Running(url, "job_acl", "g", callback, consumer="w", **options)
+    first.start()  # (begin() would check the group with the admin's commands)
+    first.join(10)
+    assert first.status == 1
+    admin.xadd(stream, {"data": "left by a dead consumer"})
+    admin.xreadgroup("g", "dead", {stream: ">"})
+    again = Running(url, "job_acl", "g", callback, consumer="w", **options)
+    again.start()
+    wait_for(lambda: again.stats["claimed"] == 1 and again.stats["dead_lettered"] == 1)
+    assert again.stop() == 0
+    assert ("m3", 2) in seen and ("m1", 2) in seen
+    assert admin.xpending(stream, "g")["pending"] == 0
+    assert admin.xlen("stream:logs/dead-letter/g") == 1
+    assert admin.execute_command("ACL", "LOG") == []

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -244,6 +245,19 @@ def test_a_toml_file_configures_the_consumer_and_its_class_callback(
         (["job_1", "--group", "g", "--callback", "consume_callbacks:nope"], None, "has no nope"),
         (["--config"], 'grup = "g"\n', "unknown setting 'grup'"),
         (["--config"], "batch = true\n", "batch has the wrong type"),
+        (["--config"], 'max_deliveries = "5"\n', "max_deliveries has the wrong type"),
+        (
+            ["job_1", "--group", "g", "--callback", "consume_callbacks:record",
+             "--max-deliveries", "3", "--max-retries", "2"],
+            None,
+            "give --max-deliveries or --max-retries, not both",
+        ),
+        (
+            ["job_1", "--group", "g", "--callback", "consume_callbacks:record",
+             "--max-deliveries", "0"],
+            None,
+            "max_deliveries must be an int >= 1",
+        ),
         (["--config"], "group = [\n", "is not valid TOML"),
     ],
 )
@@ -259,7 +273,16 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, redis_url, args, config, me
 
 
 def test_help_reads_like_a_man_page() -> None:
+    from django.core.management import load_command_class
+
     out = subprocess.run([*CONSUME, "--help"], capture_output=True, text=True, check=True).stdout
+    site = (
+        load_command_class("redis_logstream", "consume_logs")
+        .create_parser("manage.py", "consume_logs")
+        .format_help()
+    )
+    for text in (" ".join(out.split()), " ".join(site.split())):
+        assert "--max-deliveries N" in text and "dead-letter stream with the last error" in text
     for section in (
         "CONFIGURATION FILE",
         "EXIT STATUS",
@@ -319,3 +342,130 @@ def test_docs_show_the_examples_of_both_helps() -> None:
     assert len(examples) == 4 + 3
     docs = (TESTS.parent / "docs" / "cli.md").read_text()
     assert [example for example in examples if example not in docs] == []
+
+
+def dead_letters(redis_client, group: str) -> list[dict[bytes, bytes]]:
+    return [fields for _id, fields in redis_client.xrange(f"stream:logs/dead-letter/{group}")]
+
+
+def restarted_like_systemd(start, settled, kill_when=None, starts: int = 7) -> list[int]:
+    """Start a consumer, and again after each exit that is not 0
+    (``Restart=on-failure``), until ``settled()``; then SIGTERM it.
+
+    ``kill_when()`` true makes the test kill -9 the running consumer (an
+    OOM kill, a segfault in a C extension) at once.  Returns the exit statuses.
+    """
+    statuses: list[int] = []
+    for _ in range(starts):
+        proc = start()
+
+        def ended(proc: ConsumerProcess = proc) -> bool:
+            return proc.proc.poll() is not None or settled() or bool(kill_when and kill_when())
+
+        wait_for(ended, timeout=30)
+        if proc.proc.poll() is None:
+            proc.proc.send_signal(signal.SIGTERM if settled() else signal.SIGKILL)
+        status, _err = proc.wait()
+        statuses.append(status)
+        if status == 0:
+            return statuses
+    return statuses
+
+
+def test_a_poison_record_is_dead_lettered_after_max_deliveries_and_the_group_goes_on(
+    tmp_path, redis_url, redis_client, log, context
+):
+    group = f"alerts-{uuid.uuid4().hex[:8]}"
+    messages = numbered(100)
+    messages[42] = "boom 42"
+    log(*messages)
+    args = (context, "--group", group, "--consumer", "host-alerts", "--from-start",
+            "--callback", "consume_callbacks:crash_on_boom")  # fmt: skip
+    seen: list[ConsumerProcess] = []
+
+    def start() -> ConsumerProcess:
+        seen.append(ConsumerProcess(tmp_path, redis_url, *args))
+        return seen[-1]
+
+    def settled() -> bool:
+        return (
+            len(seen[-1].handled()) == 99
+            and len(dead_letters(redis_client, group)) == 1
+            and pending(redis_client, context, group) == 0
+        )
+
+    handed = tmp_path / "handed.txt"
+    os.environ["HANDED"] = str(handed)
+    try:
+        began = time.monotonic()
+        statuses = restarted_like_systemd(start, settled)
+        took = time.monotonic() - began
+    finally:
+        del os.environ["HANDED"]
+    # Deliveries 1-4 fail and stop the consumer (status 1, as before); the 5th
+    # is the last: dead-lettered, and the same process goes on with the rest.
+    assert statuses == [1, 1, 1, 1, 0]
+    handled = seen[-1].handled()
+    assert sorted(handled) == sorted(m for m in messages if m != "boom 42")  # each once
+    [fields] = dead_letters(redis_client, group)
+    assert b'"message":"boom 42"' in fields[b"data"]
+    assert fields[b"attempts"] == b"5" and fields[b"group"] == group.encode()
+    assert fields[b"reason"] == b"RuntimeError: cannot handle 'boom 42'"
+    assert b"Traceback" in fields[b"error"] and b"crash_on_boom" in fields[b"error"]
+    lines = handed.read_text().splitlines()
+    assert [line for line in lines if "boom" in line] == [f"{n} boom 42" for n in range(1, 6)]
+    # Read behind it by a consumer that stopped: not charged a delivery.
+    assert {line.split()[0] for line in lines if "boom" not in line} == {"1"}
+    assert pending(redis_client, context, group) == 0
+    print(f"FIGURE poison record, Redis: {len(statuses)} starts (exit {statuses}), "
+          f"{len(handled)} other records handled once each, {took:.1f} s in all")  # fmt: skip
+    redis_client.delete(f"stream:logs/dead-letter/{group}")
+
+
+def test_a_consumer_killed_on_the_poison_record_counts_that_delivery(
+    tmp_path, redis_url, redis_client, log, context
+):
+    group = f"kills-{uuid.uuid4().hex[:8]}"
+    messages = numbered(10)
+    messages[5] = "boom 5"
+    log(*messages)
+    handed = tmp_path / "handed.txt"
+    config = tmp_path / "kills.toml"
+    config.write_text(
+        f'callback = "consume_callbacks:hang_on_boom"\ngroup = "{group}"\n'
+        f'contexts = ["{context}"]\nfrom_start = true\nmax_deliveries = 3\n'
+    )
+    seen: list[ConsumerProcess] = []
+
+    def start() -> ConsumerProcess:
+        seen.append(ConsumerProcess(tmp_path, redis_url, "--config", str(config),
+                                    "--consumer", "host-kills"))  # fmt: skip
+        return seen[-1]
+
+    def hanging() -> bool:
+        """The running consumer (each earlier one was killed on it) has the poison."""
+        return handed.exists() and handed.read_text().count("boom") >= len(seen)
+
+    def settled() -> bool:
+        return len(dead_letters(redis_client, group)) == 1 and pending(
+            redis_client, context, group
+        ) == 0
+
+    os.environ["HANDED"] = str(handed)
+    try:
+        statuses = restarted_like_systemd(start, settled, kill_when=hanging)
+    finally:
+        del os.environ["HANDED"]
+    assert statuses == [-signal.SIGKILL] * 3 + [0]
+    lines = handed.read_text().splitlines()
+    assert [line for line in lines if "boom" in line] == ["1 boom 5", "2 boom 5", "3 boom 5"]
+    [fields] = dead_letters(redis_client, group)
+    assert fields[b"attempts"] == b"3" and b"never acknowledged" in fields[b"reason"]
+    handled = seen[-1].handled()
+    others = [m for m in messages if m != "boom 5"]
+    assert set(handled) == set(others)
+    # Handled before the first kill and not yet acknowledged: once more, then
+    # acknowledged one by one; none is charged for the poison record's kills.
+    assert all(1 <= handled.count(m) <= 2 for m in others)
+    assert max(int(line.split()[0]) for line in lines if "boom" not in line) <= 2
+    redis_client.delete(f"stream:logs/dead-letter/{group}")

@@ -32,7 +32,7 @@ from redis.exceptions import RedisClusterException
 from .cmdline import USAGE, CommandFailed, check_context
 from .consumer import DEFAULT_BLOCK_MS, consume
 from .entries import EntryFilter, parse_level
-from .runner import built_callback
+from .runner import DEFAULT_MAX_DELIVERIES, built_callback, delivery_limit
 
 __all__ = ["DESCRIPTION", "ConsumeRequest", "add_arguments", "epilog", "load_config", "run"]
 
@@ -52,10 +52,16 @@ pending CLAIM_AFTER seconds.
 CALLBACK is package.module:name, a function taking one record, or a class
 (instantiated once, with the [consumer_config] table of --config as keyword
 arguments, then called for each record).  It raises
-redis_logstream.consumers.Nack to have a record offered again later (after
---max-retries it goes to the group's dead-letter stream), Drop to skip it,
-HaltConsumer(exit_code) to stop.  Any other exception stops the consumer
-with status 1, the record still pending."""
+redis_logstream.consumers.Nack to have a record offered again later, Drop
+to skip it, HaltConsumer(exit_code) to stop.  Any other exception stops the
+consumer with status 1, the record still pending.
+
+A record is delivered at most --max-deliveries times, whatever ended each
+delivery (a Nack, an exception, a crash, kill -9, a halt without ack): its
+last delivery failing, or a record found already delivered that often, it
+is copied with the last error to the group's dead-letter stream and
+acknowledged, and the consumer goes on: one record the callback cannot
+handle never stops the group."""
 
 EPILOG = """\
 CONFIGURATION FILE
@@ -76,7 +82,9 @@ CONFIGURATION FILE
 EXIT STATUS
   0 after SIGINT or SIGTERM, or when the callback raises HaltConsumer();
   the callback's HaltConsumer(exit_code) otherwise; 1 when the callback
-  raised anything else; 2 for an invalid argument, file or callback.
+  raised anything else on a delivery before the record's last (restarted,
+  the consumer takes the record back and counts one more delivery); 2 for
+  an invalid argument, file or callback.
 
 EXAMPLES
 {extra}  Page someone for every error of the site (one group, any number of copies):
@@ -94,7 +102,8 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "callback": str, "url": str, "contexts": list, "global": bool, "group": str,
     "consumer": str, "from_start": bool, "level": (str, int), "logger": str,
     "batch": int, "claim_after": (int, float), "retry_after": (int, float),
-    "max_retries": int, "consumer_config": dict, "amqp": str, "bind": list, "exchange": str,
+    "max_retries": int, "max_deliveries": int, "consumer_config": dict, "amqp": str,
+    "bind": list, "exchange": str,
 }  # fmt: skip
 
 
@@ -150,8 +159,13 @@ def add_arguments(parser: argparse.ArgumentParser, *, site: bool) -> None:
         help="delay before a Nack'ed record is offered again (default: 5)",
     )  # fmt: skip
     tuning.add_argument(
+        "--max-deliveries", type=int, metavar="N",
+        help="deliveries of a record, whatever ended each one (Nack, exception, crash), "
+        "before it goes to the dead-letter stream with the last error (default: 5)",
+    )  # fmt: skip
+    tuning.add_argument(
         "--max-retries", type=int, metavar="N",
-        help="Nacks before a record goes to the dead-letter stream (default: 5)",
+        help="the older spelling of --max-deliveries N+1",
     )  # fmt: skip
     parser.add_argument(
         "--config", metavar="FILE.toml", type=Path,
@@ -164,7 +178,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, site: bool) -> None:
         )
     rabbit = parser.add_argument_group(
         "RabbitMQ", "Consume what an AmqpLogHandler publishes instead (the amqp extra): the "
-        "group is the durable queue <exchange>.<group>; Nack requeues after --retry-after.",
+        "group is the durable queue <exchange>.<group>; Nack requeues after --retry-after; "
+        "given-up records go to the queue <exchange>.<group>.dead-letter.",
     )  # fmt: skip
     rabbit.add_argument("--amqp", metavar="URL",
                         help="the broker: amqp://user:password@host:port/vhost")  # fmt: skip
@@ -221,6 +236,9 @@ class ConsumeRequest:
             merged.update(load_config(Path(options["config"])))
             merged["global_stream"] = merged.pop("global", None)
         given = {k: v for k, v in options.items() if v not in (None, [])}
+        if given.keys() & {"max_deliveries", "max_retries"}:
+            merged.pop("max_deliveries", None)  # one limit, two spellings: the
+            merged.pop("max_retries", None)  # command line's wins over the file's
         merged.update(given)
         for required in ("callback", "group"):
             if not merged.get(required):
@@ -236,8 +254,10 @@ class ConsumeRequest:
             min_level = None if level is None else parse_level(str(level))
         except ValueError as exc:
             raise CommandFailed(str(exc), USAGE) from None
-        tuning = {k: merged[k] for k in ("batch", "claim_after", "retry_after", "max_retries")
-                  if merged.get(k) is not None}  # fmt: skip
+        names = ("batch", "claim_after", "retry_after", "max_retries", "max_deliveries")
+        tuning = {k: merged[k] for k in names if merged.get(k) is not None}
+        if "max_retries" in tuning and "max_deliveries" in tuning:
+            raise CommandFailed("give --max-deliveries or --max-retries, not both", USAGE)
         return cls(
             callback=merged["callback"], group=merged["group"], contexts=contexts,
             include_global=bool(merged.get("global_stream")), consumer=merged.get("consumer"),
@@ -318,6 +338,8 @@ def _consume_amqp(request: ConsumeRequest, callback: Any, stop: threading.Event)
         callback, url=request.amqp or "", group=request.group, patterns=patterns,
         exchange=request.exchange, consumer=request.consumer,
         batch=request.tuning.get("batch", 100), retry_after=request.tuning.get("retry_after", 5.0),
+        max_deliveries=delivery_limit(request.tuning.get("max_deliveries", DEFAULT_MAX_DELIVERIES),
+                                      request.tuning.get("max_retries")),
         match=request.filter if request.filter.active else None, stop=stop,
     )  # fmt: skip
     try:

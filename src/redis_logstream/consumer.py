@@ -10,10 +10,15 @@ returned.  The guarantees are those of a consumer group:
 - At least once: a record is acknowledged only after it was handled, so a
   consumer that crashes (even ``kill -9``) leaves its records pending; the
   same consumer restarted reads them again first, and any other consumer of
-  the group claims them (``XAUTOCLAIM``) once they have waited
+  the group claims them (``XPENDING IDLE``, ``XCLAIM``) once they have waited
   ``claim_after`` seconds.  A crash between handling and acknowledging
   gives that record a second delivery: acknowledgements are sent once per
   batch, with the next read, so at most one batch is handled twice.
+- At most ``max_deliveries`` deliveries: Redis counts each record's
+  deliveries in the group's pending entries list, so the count survives
+  restarts; a record delivered that often without an acknowledgement (a
+  callback that raises on it, a consumer killed on it) is copied to the
+  dead-letter stream and acknowledged, and the group goes on.
 - Streams are capped: a group that falls further behind than
   ``stream_maxlen`` loses the oldest records to trimming.  The consumer
   notices (from the group's read counter and the stream's added counter,
@@ -45,7 +50,7 @@ from .diagnostics import report
 from .groups import GroupStreams
 from .naming import Names
 from .reader import READ_MARGIN
-from .runner import CallbackRunner, built_callback
+from .runner import DEFAULT_MAX_DELIVERIES, CallbackRunner, built_callback, delivery_limit
 from .topology import clone
 
 __all__ = ["Consumer", "consume", "default_consumer_name"]
@@ -65,9 +70,10 @@ class Consumer(CallbackRunner):
 
     ``run()`` blocks until :meth:`stop` is called (from a signal handler or
     another thread), the callback raises HaltConsumer or an unexpected
-    exception; it returns the exit status.  ``match`` (an EntryFilter, say)
-    lets records through to the callback; the others are acknowledged and
-    counted as ``skipped``.
+    exception (on a delivery before a record's last); it returns the exit
+    status.  ``match`` (an EntryFilter, say) lets records through to the
+    callback; the others are acknowledged and counted as ``skipped``.
+    ``max_retries`` is the older spelling of ``max_deliveries - 1``.
     """
 
     def __init__(
@@ -84,18 +90,20 @@ class Consumer(CallbackRunner):
         block_ms: int = DEFAULT_BLOCK_MS,
         claim_after: float = 60.0,
         retry_after: float = 5.0,
-        max_retries: int = 5,
+        max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+        max_retries: int | None = None,
         dead_letter: str | None = None,
         match: Callable[[LogEntry], bool] | None = None,
         stop: threading.Event | None = None,
     ) -> None:
         if not streams:
             raise ValueError("give at least one stream: contexts, or include_global=True")
-        for name, value in (("batch", batch), ("block_ms", block_ms), ("max_retries", max_retries)):
+        for name, value in (("batch", batch), ("block_ms", block_ms)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, not {value!r}")
         name = consumer or default_consumer_name()
-        super().__init__(callback, name, group, match=match, stop=stop)
+        super().__init__(callback, name, group, match=match, stop=stop,
+                         max_deliveries=delivery_limit(max_deliveries, max_retries))  # fmt: skip
         dead = dead_letter or f"{names.stream_prefix}{names.channel_prefix}/dead-letter/{group}"
         self.streams = GroupStreams(client, streams, group, self.name, dead_letter=dead)
         self.start_id = start
@@ -103,10 +111,9 @@ class Consumer(CallbackRunner):
         self.block_ms = block_ms
         self.claim_after = claim_after
         self.retry_after = retry_after
-        self.max_retries = max_retries
         self._acks: dict[str, list[str]] = {}
         self._retries: list[tuple[float, int, LogEntry]] = []  # (due, tie-break, entry)
-        self._attempts: dict[tuple[str, str], int] = {}
+        self._unreached: list[LogEntry] = []  # read, never handed out: stopped first
         self._sequence = 0
 
     # -- the loop ----------------------------------------------------------
@@ -126,7 +133,7 @@ class Consumer(CallbackRunner):
                 try:
                     if time.monotonic() >= next_claim:
                         claimed = self.streams.claim(self.claim_after, self.batch)
-                        self._handle_all(claimed, claimed=True)
+                        self._redeliver(claimed, claimed=True)
                         next_claim = time.monotonic() + max(0.5, self.claim_after / 2)
                     self._note_missed(self.streams.missed())
                     self._retry_due()
@@ -151,7 +158,7 @@ class Consumer(CallbackRunner):
             try:
                 self.streams.create_groups(self.start_id)
                 # What this consumer name left pending last time comes first.
-                self._handle_all(self.streams.own_pending(self.batch))
+                self._redeliver(self.streams.own_pending(self.batch))
                 return
             except (redis.ConnectionError, redis.TimeoutError, RedisClusterException) as exc:
                 delay = self._backoff(delay, exc)
@@ -180,28 +187,48 @@ class Consumer(CallbackRunner):
         wait = self._retries[0][0] - time.monotonic()
         return max(1, min(self.block_ms, int(wait * 1000)))
 
-    def _handle_all(self, rows: Iterable[LogEntry], claimed: bool = False) -> None:
-        for entry in rows:
+    def _handle_all(self, rows: list[LogEntry]) -> None:
+        """New records (their first delivery), in order."""
+        for index, entry in enumerate(rows):
+            if self.stopping:
+                # Left pending for this consumer restarted, or another; not counted.
+                self._unreached.extend(rows[index:])
+                return
+            self._handle(entry)
+
+    def _redeliver(self, pending: Iterable[tuple[str, str]], claimed: bool = False) -> None:
+        """Pending records, handed out one at a time, each delivery counted
+        in Redis as it happens (and the acknowledgements so far sent with it)."""
+        for stream, entry_id in pending:
             if claimed:
                 self.counts["claimed"] += 1
             if self.stopping:
-                return  # left pending: this consumer restarted, or another, gets it
-            self._handle(entry)
+                return  # left pending, their counts untouched
+            entry = self._take(stream, entry_id)
+            if entry is not None:
+                self._handle(entry)
+
+    def _take(self, stream: str, entry_id: str) -> LogEntry | None:
+        acks, self._acks = self._acks, {}
+        try:
+            entry = self.streams.take(stream, entry_id, acks)
+        except BaseException:
+            for ack_stream, ids in acks.items():
+                self._acks.setdefault(ack_stream, [])[:0] = ids
+            raise
+        self.counts["acked"] += sum(map(len, acks.values()))
+        return entry
+
+    def _dead_letter(
+        self, entry: LogEntry, attempts: int, reason: str, error: str | None
+    ) -> None:
+        self.streams.dead_letter(entry, attempts, reason, error)
+
+    @property
+    def dead_letter_name(self) -> str:
+        return self.streams.dead
 
     def _nack(self, entry: LogEntry, nack: Nack) -> None:
-        key = (entry.stream, entry.id)
-        attempts = self._attempts.get(key, 0) + 1
-        if attempts > self.max_retries:
-            self._attempts.pop(key, None)
-            self.streams.dead_letter(entry, attempts, str(nack))
-            self.counts["dead_lettered"] += 1
-            self._ack(entry)
-            report(
-                logging.WARNING, "consumer %s: %s %s refused %d times (%s); moved to %s",
-                self.name, entry.stream, entry.id, attempts, nack, self.streams.dead,
-            )  # fmt: skip
-            return
-        self._attempts[key] = attempts
         delay = self.retry_after if nack.retry_after is None else nack.retry_after
         # Pending longer than claim_after, another consumer would take it too.
         delay = min(delay, self.claim_after / 2)
@@ -210,12 +237,12 @@ class Consumer(CallbackRunner):
 
     def _retry_due(self) -> None:
         now = time.monotonic()
-        while self._retries and self._retries[0][0] <= now and not self.stopping:
-            _due, _seq, entry = heapq.heappop(self._retries)
-            self._handle(entry)
+        due = []
+        while self._retries and self._retries[0][0] <= now:
+            due.append(heapq.heappop(self._retries)[2])
+        self._redeliver((entry.stream, entry.id) for entry in due)
 
     def _ack(self, entry: LogEntry) -> None:
-        self._attempts.pop((entry.stream, entry.id), None)
         self._acks.setdefault(entry.stream, []).append(entry.id)
 
     def _read(self) -> list[LogEntry]:
@@ -242,7 +269,16 @@ class Consumer(CallbackRunner):
             )  # fmt: skip
 
     def _finish(self) -> None:
-        """Acknowledge what was handled; close a class callback."""
+        """Acknowledge what was handled, uncount what was never handed out;
+        close a class callback."""
+        unreached, self._unreached = self._unreached, []
+        if unreached:
+            try:
+                self.streams.uncount(unreached)
+            except (redis.RedisError, RedisClusterException) as exc:
+                report(logging.WARNING, "consumer %s: %d records read and not handled keep "
+                       "one delivery in their count (%s)", self.name, len(unreached),
+                       exc)  # fmt: skip
         acks, self._acks = self._acks, {}
         if acks:
             try:
@@ -270,7 +306,8 @@ def consume(
     block_ms: int = DEFAULT_BLOCK_MS,
     claim_after: float = 60.0,
     retry_after: float = 5.0,
-    max_retries: int = 5,
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+    max_retries: int | None = None,
     match: Callable[[LogEntry], bool] | None = None,
     callback_config: dict[str, Any] | None = None,
     stop: threading.Event | None = None,
@@ -284,7 +321,9 @@ def consume(
     ``connection`` or ``settings.REDIS_LOGSTREAM``), and so are the names.
     ``start`` is where a new group begins: ``"$"`` new records only, ``"0"``
     everything the streams still hold.  ``stop``, when set, stops the
-    consumer as :meth:`Consumer.stop` does.
+    consumer as :meth:`Consumer.stop` does.  A record is delivered at most
+    ``max_deliveries`` times (``max_retries``, the older spelling, is one
+    less), then copied to the dead-letter stream and acknowledged.
     """
     redis_client, names = consumer_client(connection, url, client, block_ms)
     streams = [names.stream(context) for context in (contexts or ())]
@@ -294,8 +333,8 @@ def consume(
     worker = Consumer(
         callback, client=redis_client, names=names, streams=streams, group=group,
         consumer=consumer, start=start, batch=batch, block_ms=block_ms,
-        claim_after=claim_after, retry_after=retry_after, max_retries=max_retries, match=match,
-        stop=stop,
+        claim_after=claim_after, retry_after=retry_after, max_deliveries=max_deliveries,
+        max_retries=max_retries, match=match, stop=stop,
     )  # fmt: skip
     return worker.run()
 

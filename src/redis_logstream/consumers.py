@@ -6,14 +6,20 @@ acknowledged.  Raising one of the exceptions below says something else, in
 the words AMQP consumers already know:
 
 - :class:`Nack`: not now.  The record stays pending and is offered again
-  after ``retry_after`` seconds; after ``max_retries`` refusals it is copied
-  to the group's dead-letter stream and acknowledged.
+  after ``retry_after`` seconds.
 - :class:`Drop`: acknowledge without handling (counted as dropped).
 - :class:`HaltConsumer`: stop cleanly, with an exit status.
 
 Any other exception is a bug in the callback: it is logged with its
 traceback, the record stays pending (another consumer of the group, or this
 one restarted, gets it again) and the consumer stops with status 1.
+
+Whatever ends a delivery without an acknowledgement (a Nack, a HaltConsumer
+without ``ack``, an exception, a crash, ``kill -9``), a record is delivered
+at most ``max_deliveries`` times: then it is copied to the group's
+dead-letter stream with the last error and acknowledged, so that one record
+the callback cannot handle never stops the group.  ``LogEntry.deliveries``
+says which delivery the callback is looking at.
 
 :class:`Forward` is a ready callback that re-emits each record into a
 ``logging.Handler``: the slow handlers (SMTP, a chat webhook, a file on a
@@ -68,6 +74,8 @@ class LogEntry:
     The wire fields are attributes; ``data`` is the whole decoded object
     (fields another producer added included), ``raw`` the stored bytes.  A stream entry that is not
     our JSON still arrives: its raw text as ``message``, level ``"?"``.
+    ``deliveries`` is 1 the first time a record is handed to a callback, 2
+    the next (after a Nack, a crash, a halt without ``ack``), and so on.
     """
 
     id: str
@@ -82,9 +90,12 @@ class LogEntry:
     pid: int | None
     data: Mapping[str, Any] = field(repr=False)
     raw: bytes = field(default=b"", repr=False)
+    deliveries: int = 1
 
     @classmethod
-    def from_fields(cls, stream: str, entry_id: Any, fields: Mapping[Any, Any]) -> LogEntry:
+    def from_fields(
+        cls, stream: str, entry_id: Any, fields: Mapping[Any, Any], deliveries: int = 1
+    ) -> LogEntry:
         """Build from an XREADGROUP row; never raises."""
         entry = decode_entry(entry_id, fields)
         record = entry.record
@@ -103,6 +114,7 @@ class LogEntry:
             pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
             data=dict(record),
             raw=entry.raw,
+            deliveries=deliveries,
         )
 
     def to_log_record(self) -> logging.LogRecord:

@@ -1,10 +1,18 @@
 """The Redis side of a consumer: one group over one or more streams.
 
 Every command a consumer sends is here, so that :mod:`.consumer` reads as
-the loop it is: create the groups, read what this consumer left pending,
-claim what dead consumers left, read new records with the previous batch's
+the loop it is: create the groups, list what this consumer left pending,
+claim what dead consumers left, deliver those one at a time with their
+delivery count, read new records with the previous batch's
 acknowledgements in the same round trip, spot records trimmed before the
-group read them, and move refused records to the dead-letter stream.
+group read them, and move given-up records to the dead-letter stream.
+
+Delivery counts live in Redis (the pending entries list), so they survive
+any restart: a new record's first read counts 1, each later hand-out of a
+pending record (``XCLAIM``) one more.  Pending records are listed and
+claimed without counting (``XPENDING``, ``XCLAIM JUSTID``) and counted one
+by one as they reach the callback: the records queued behind one that
+crashes the consumer are not charged for its crashes.
 """
 
 from __future__ import annotations
@@ -46,7 +54,6 @@ class GroupStreams:
         self.name = name
         self.dead = dead_letter
         self._cluster = is_cluster(client)
-        self._claim_from = dict.fromkeys(self.streams, "0-0")
         self._missed_seen: dict[str, int] = {}
         self._missed_checked = 0.0
 
@@ -84,32 +91,68 @@ class GroupStreams:
         added = info.get("entries-added")
         return None if added is None else max(0, int(added) - int(info["length"]))
 
-    def own_pending(self, count: int) -> list[LogEntry]:
-        """What this consumer name was given before and never acknowledged."""
-        found: list[LogEntry] = []
+    def own_pending(self, count: int) -> list[tuple[str, str]]:
+        """What this consumer name was given before and never acknowledged,
+        as (stream, id): listed (``XPENDING``), not delivered, so that their
+        delivery counts grow only as :meth:`take` hands them out one by one."""
+        found: list[tuple[str, str]] = []
         for stream in self.streams:
-            after = "0"
+            after = "-"
             while True:
-                reply = self.client.xreadgroup(self.group, self.name, {stream: after}, count=count)
-                rows = reply[0][1] if reply else []
-                if not rows:
+                rows = self.client.xpending_range(
+                    stream, self.group, min=after, max="+", count=count, consumername=self.name
+                )
+                found.extend((stream, _text(row["message_id"])) for row in rows)
+                if len(rows) < count:
                     break
-                found.extend(self._entries(stream, rows))
-                after = _text(rows[-1][0])
+                after = "(" + _text(rows[-1]["message_id"])
         return found
 
-    def claim(self, idle_seconds: float, count: int) -> list[LogEntry]:
-        """Entries pending longer than ``idle_seconds`` with any consumer:
-        a consumer that died left them (``XAUTOCLAIM``)."""
-        found: list[LogEntry] = []
+    def claim(self, idle_seconds: float, count: int) -> list[tuple[str, str]]:
+        """Entries pending longer than ``idle_seconds`` with any consumer (a
+        consumer that died left them), made this consumer's without counting
+        a delivery (``XCLAIM ... JUSTID``): :meth:`take` counts each one as
+        it hands it out."""
+        found: list[tuple[str, str]] = []
         idle_ms = max(1, int(idle_seconds * 1000))
         for stream in self.streams:
-            reply = self.client.xautoclaim(
-                stream, self.group, self.name, idle_ms, self._claim_from[stream], count=count
+            rows = self.client.xpending_range(
+                stream, self.group, min="-", max="+", count=count, idle=idle_ms
             )
-            self._claim_from[stream] = _text(reply[0])
-            found.extend(self._entries(stream, reply[1]))
+            ids = [row["message_id"] for row in rows]
+            if ids:
+                taken = self.client.xclaim(stream, self.group, self.name, idle_ms, ids,
+                                           justid=True)  # fmt: skip
+                found.extend((stream, _text(entry_id)) for entry_id in taken)
         return found
+
+    def take(self, stream: str, entry_id: str, acks: dict[str, list[str]]) -> LogEntry | None:
+        """Deliver one pending entry again (``XCLAIM``, which counts the
+        delivery) with its delivery count, acknowledging ``acks`` in the same
+        round trip; None when it is no longer pending or no longer stored."""
+        pipe = self.client.pipeline(transaction=False)
+        if self._cluster:
+            self.ack(acks)
+        else:
+            for ack_stream, ids in acks.items():
+                pipe.xack(ack_stream, self.group, *ids)
+        pipe.xclaim(stream, self.group, self.name, 0, [entry_id])
+        pipe.xpending_range(stream, self.group, min=entry_id, max=entry_id, count=1)
+        *_, rows, pending = pipe.execute()
+        if not rows or not pending:
+            return None
+        entries = self._entries(stream, rows, deliveries=int(pending[0]["times_delivered"]))
+        return entries[0] if entries else None
+
+    def uncount(self, entries: list[LogEntry]) -> None:
+        """Entries read and never handed to the callback (the consumer stopped
+        first) go back to zero deliveries: stopping is no fault of theirs."""
+        by_stream: dict[str, list[str]] = {}
+        for entry in entries:
+            by_stream.setdefault(entry.stream, []).append(entry.id)
+        for stream, ids in by_stream.items():
+            self.client.xclaim(stream, self.group, self.name, 0, ids, retrycount=0,
+                               justid=True)  # fmt: skip
 
     def read(
         self, acks: dict[str, list[str]], count: int, block_ms: int
@@ -141,27 +184,27 @@ class GroupStreams:
             if ids:
                 self.client.xack(stream, self.group, *ids)
 
-    def _entries(self, stream: str, rows: list[Any]) -> list[LogEntry]:
+    def _entries(self, stream: str, rows: list[Any], deliveries: int = 1) -> list[LogEntry]:
         found = []
         for entry_id, fields in rows:
             if not fields:  # trimmed while pending: nothing left to hand over
                 self.client.xack(stream, self.group, entry_id)
                 continue
-            found.append(LogEntry.from_fields(stream, entry_id, fields))
+            found.append(LogEntry.from_fields(stream, entry_id, fields, deliveries))
         return found
 
-    def dead_letter(self, entry: LogEntry, attempts: int, reason: str) -> None:
-        """Keep a refused record, with where it came from and why."""
-        self.client.xadd(
-            self.dead,
-            {
-                "data": entry.raw, "stream": entry.stream, "id": entry.id,
-                "group": self.group, "consumer": self.name, "attempts": attempts,
-                "reason": reason,
-            },
-            maxlen=DEAD_LETTER_MAXLEN,
-            approximate=True,
-        )  # fmt: skip
+    def dead_letter(
+        self, entry: LogEntry, attempts: int, reason: str, error: str | None = None
+    ) -> None:
+        """Keep a given-up record, with where it came from and why: ``reason``
+        in one line, ``error`` the callback's traceback when it raised."""
+        fields = {
+            "data": entry.raw, "stream": entry.stream, "id": entry.id, "group": self.group,
+            "consumer": self.name, "attempts": attempts, "reason": reason,
+        }  # fmt: skip
+        if error:
+            fields["error"] = error
+        self.client.xadd(self.dead, fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
 
     def missed(self) -> dict[str, int]:
         """Entries trimmed before the group read them, since the last call
