@@ -1,0 +1,124 @@
+"""A viewer that stops reading must not hold the server's memory.
+
+A real uvicorn serves the test site with a 2 s write timeout
+(tests/stalled_settings.py); a client opens a stream over a raw socket with
+a small receive buffer and never reads; large records are then written to
+the stream. The server's resident memory (VmRSS of the uvicorn process)
+must grow by less than 64 MiB, and the stuck response must be ended: once
+the client finally reads, it gets what was buffered, then the end of the
+connection, long before the response's 120 s age.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from redis_logstream.naming import Names
+from redis_logstream.tokens import make_stream_token
+
+from helpers import wait_for
+from servers import LOOPBACK, RedisServer, no_retry
+from sse_client import SSEClient
+from web_servers import WebServer
+
+MiB = 1024 * 1024
+RECORD_BYTES = 60 * 1024
+RECORDS = 3000  # 176 MiB written while the client does not read
+
+
+@pytest.fixture
+def server(redis_server: RedisServer) -> Iterator[WebServer]:
+    web = WebServer("uvicorn", redis_server.url, settings="stalled_settings")
+    yield web
+    web.stop()
+
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def followers(store: redis.Redis) -> int:
+    return sum(1 for c in store.client_list() if c.get("name") == "redis_logstream:follower")
+
+
+def stalled_client(port: int, path: str) -> socket.socket:
+    """Opens the stream and never reads: the server's writes fill the
+    socket buffers, then stay stuck."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((LOOPBACK, port))
+    head = f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nAccept: text/event-stream\r\n"
+    sock.sendall(f"{head}\r\n".encode())
+    return sock
+
+
+def read_to_end(sock: socket.socket, timeout: float) -> tuple[bool, int]:
+    """(whether the server closed the connection within ``timeout``, bytes read)."""
+    deadline = time.monotonic() + timeout
+    got = 0
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(1 << 20)
+        except TimeoutError:
+            break
+        except OSError:
+            return True, got
+        if not chunk:
+            return True, got
+        got += len(chunk)
+    return False, got
+
+
+def test_a_viewer_that_never_reads_holds_bounded_memory_and_its_response_is_ended(
+    server, redis_server
+):
+    store = redis.Redis.from_url(redis_server.url, socket_timeout=10, retry=no_retry())
+    job = f"job_{uuid.uuid4().hex}"
+    path = f"/logs/stream/?token={make_stream_token(job, max_age=600)}&history=0"
+    with SSEClient(server.url + path) as warm:  # the code paths and the follower, once
+        warm.wait_for(lambda e: e.event == "ready")
+    wait_for(lambda: followers(store) == 0, timeout=10)
+    before = rss(server.proc.pid)
+
+    sock = stalled_client(server.port, path)
+    try:
+        wait_for(lambda: followers(store) == 1, timeout=10)
+        key = Names().stream(job)
+        record = json.dumps({"message": "x" * RECORD_BYTES, "level": "INFO"})
+        peak = before
+        for _ in range(RECORDS // 20):
+            with store.pipeline(transaction=False) as pipe:
+                for _ in range(20):
+                    pipe.xadd(key, {"data": record}, maxlen=500, approximate=True)
+                pipe.execute()
+            peak = max(peak, rss(server.proc.pid))
+            time.sleep(0.01)
+        time.sleep(1)
+        peak = max(peak, rss(server.proc.pid))
+        growth = peak - before
+        print(f"uvicorn RSS {before / MiB:.0f} MiB -> peak {peak / MiB:.0f} MiB "
+              f"(+{growth / MiB:.1f} MiB) with a viewer that does not read")
+        assert growth < 64 * MiB
+
+        # The write timeout (2 s) ends the stuck response and frees its place.
+        wait_for(lambda: followers(store) == 0, timeout=10)
+        closed, received = read_to_end(sock, timeout=10)
+        print(f"the client then read {received / MiB:.1f} MiB before the end: {closed}")
+        assert closed
+        assert received < 64 * MiB
+    finally:
+        sock.close()
+        store.delete(Names().stream(job))
+        store.close()
