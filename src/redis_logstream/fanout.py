@@ -42,7 +42,7 @@ import redis
 from .diagnostics import report
 from .entries import Entry
 from .naming import Names
-from .reader import PAGE, READ_MARGIN, StreamReader
+from .reader import READ_MARGIN, StreamReader
 from .topology import clone, disconnect
 
 __all__ = ["Follower", "StreamHub", "Subscription", "id_key"]
@@ -53,6 +53,10 @@ __all__ = ["Follower", "StreamHub", "Subscription", "id_key"]
 COALESCE = 0.05
 #: The longest blocking read; a follower whose viewers left notices it then.
 FOLLOW_BLOCK_MS = 1000
+#: Entries per read: a batch is held about three times over (the reply, the
+#: decoded entries, their SSE bytes), so 100 records of 64 KB cost ~20 MB
+#: at the peak where 500 cost ~100 MB; a full batch is read again at once.
+FOLLOW_COUNT = 100
 #: Entries a viewer may have waiting before it is cut off (and resumes).
 INBOX_LIMIT = 10000
 #: Bytes a viewer may have waiting before it is cut off: entries are up to
@@ -274,7 +278,11 @@ class Follower(threading.Thread):
     def run(self) -> None:
         try:
             batches = self.reader.batches(
-                self.context, self.cursor, stop=self.stopping, notify=self._notify
+                self.context,
+                self.cursor,
+                stop=self.stopping,
+                notify=self._notify,
+                count=FOLLOW_COUNT,
             )
             for batch in batches:
                 if batch:
@@ -283,7 +291,7 @@ class Follower(threading.Thread):
                     wake([s for s in list(self.subscribers) if s.push(items, size)])
                 for subscription in [s for s in list(self.subscribers) if s.stale]:
                     subscription.drop_stale()
-                if batch and len(batch) < PAGE:  # a full batch: more is waiting
+                if batch and len(batch) < FOLLOW_COUNT:  # a full batch: more is waiting
                     self.stopping.wait(COALESCE)
         except redis.RedisError as exc:  # not a lost connection: a broken setup
             report(logging.ERROR, "redis_logstream: the console's reader failed: %s", exc)

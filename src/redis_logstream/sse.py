@@ -38,13 +38,16 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 from .entries import Entry, decode_entry
 from .fanout import INBOX_BYTES, Item, StreamHub, Subscription, id_key
-from .reader import PAGE, StreamReader
+from .reader import StreamReader
 
 __all__ = ["HEARTBEAT", "EventStream", "log_event", "status_event"]
 
 RETRY_MS = 2000
 PREAMBLE = b"retry: %d\n: redis-logstream\n\n" % RETRY_MS
 HEARTBEAT = b": ping\n\n"
+#: Entries per backlog read of a resume: a page is held about three times
+#: over (reply, entries, SSE bytes), and records may be 64 KB each.
+BACKLOG_PAGE = 100
 #: Sent when the server ends a response on purpose (max age, a viewer too
 #: far behind): the browser comes back at once instead of after RETRY_MS.
 COME_BACK_SOON = b"retry: 500\n\n"
@@ -185,25 +188,27 @@ class EventStream:
         first = client.xrange(key, "-", "+", count=1)
         if not first or id_key(decode_entry(*first[0]).id) <= self.cursor:
             return self._resume_page()
-        with client.pipeline(transaction=False) as pipe:
-            pipe.xlen(key)
-            pipe.xrevrange(key, "+", "-", count=max(1, self.replay_max))
-            length, rows = pipe.execute()
-        rows = rows[: self.replay_max]
-        rows.reverse()
-        entries = [decode_entry(entry_id, fields) for entry_id, fields in rows]
-        if entries:
-            self.cursor = id_key(entries[-1].id)
-        self.sent_history = len(entries)
-        skipped = length - len(entries)
-        head = _skipped_event(skipped, self.replay_max) if skipped > 0 else b""
-        return head + b"".join(log_event(entry) for entry in entries)
+        skipped = client.xlen(key) - self.replay_max
+        if skipped <= 0:
+            return self._resume_page()
+        # Resume after the newest entry not replayed: walk back to it a page
+        # at a time (bounded memory), then page forward as any resume does.
+        wanted, high = self.replay_max + 1, "+"
+        while wanted > 0:
+            rows = client.xrevrange(key, high, "-", count=min(BACKLOG_PAGE, wanted))
+            if not rows:
+                break
+            wanted -= len(rows)
+            high = f"({decode_entry(*rows[-1]).id}"
+            self.cursor = id_key(high[1:])
+        return _skipped_event(skipped, self.replay_max) + self._resume_page()
 
     def _resume_page(self) -> bytes:
         """The next page of entries after the cursor (a reconnecting viewer)."""
         start = "({}-{}".format(*self.cursor)
-        rows = self.reader.client.xrange(self.reader.stream(self.context), start, "+", count=PAGE)
-        self._more = len(rows) == PAGE
+        key = self.reader.stream(self.context)
+        rows = self.reader.client.xrange(key, start, "+", count=BACKLOG_PAGE)
+        self._more = len(rows) == BACKLOG_PAGE
         entries = [decode_entry(entry_id, fields) for entry_id, fields in rows]
         if entries:
             self.cursor = id_key(entries[-1].id)
