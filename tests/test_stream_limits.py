@@ -219,3 +219,22 @@ def test_an_empty_token_means_no_token(redis_client, django_user_model):
 def test_a_token_that_never_expires_is_refused(max_age):
     with pytest.raises(ValueError, match="finite"):
         make_stream_token(JOB, max_age=max_age)
+
+
+def test_a_reader_without_xlen_still_bounds_the_replay(settings, own_redis):
+    """The documented least-privilege reader has no XLEN: the count is then unknown."""
+    admin = redis.Redis.from_url(own_redis.url)
+    admin.execute_command(
+        "ACL", "SETUSER", "viewer", "reset", "on", ">pw", "~*", "+@all", "-xlen"
+    )
+    ids = [admin.xadd(KEY, {"data": json.dumps({"message": f"m{i}"})}).decode()
+           for i in range(30)]
+    admin.xtrim(KEY, maxlen=20, approximate=False)
+    url = own_redis.url.replace("redis://", "redis://viewer:pw@", 1)
+    limit(settings, url=url, stream_replay_max=5)
+    events = read_all(Client().get(token_url(), HTTP_LAST_EVENT_ID=ids[0]),
+                      stop=lambda e: e.event == "ready")
+    assert messages(events) == [f"m{i}" for i in range(25, 30)]
+    (status,) = [e.json for e in events if e.event == "status"]
+    assert status["skipped"] is None and "Older records" in status["message"]
+    admin.close()

@@ -36,6 +36,8 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
+import redis
+
 from .entries import Entry, decode_entry
 from .fanout import INBOX_BYTES, Item, StreamHub, Subscription, id_key
 from .reader import StreamReader
@@ -85,11 +87,13 @@ def _behind_event(max_bytes: int) -> bytes:
     })
 
 
-def _skipped_event(skipped: int, replay_max: int) -> bytes:
+def _skipped_event(skipped: int | None, replay_max: int) -> bytes:
+    """``skipped`` is None when Redis would not say (a reader user without XLEN)."""
+    count = "Older records" if skipped is None else f"{skipped} older records"
     return _status({
         "skipped": skipped,
-        "message": f"{skipped} older records were not replayed: the resume point is "
-        f"older than the stream's history, and a resume replays at most {replay_max}",
+        "message": f"{count} were not replayed: the resume point is older than "
+        f"the stream's history, and a resume replays at most {replay_max}",
     })
 
 
@@ -188,8 +192,11 @@ class EventStream:
         first = client.xrange(key, "-", "+", count=1)
         if not first or id_key(decode_entry(*first[0]).id) <= self.cursor:
             return self._resume_page()
-        skipped = client.xlen(key) - self.replay_max
-        if skipped <= 0:
+        try:
+            skipped: int | None = client.xlen(key) - self.replay_max
+        except redis.exceptions.NoPermissionError:  # a reader user without +xlen
+            skipped = None
+        if skipped is not None and skipped <= 0:
             return self._resume_page()
         # Resume after the newest entry not replayed: walk back to it a page
         # at a time (bounded memory), then page forward as any resume does.
@@ -197,10 +204,10 @@ class EventStream:
         while wanted > 0:
             rows = client.xrevrange(key, high, "-", count=min(BACKLOG_PAGE, wanted))
             if not rows:
-                break
+                return self._resume_page()  # fewer than that: nothing to skip
             wanted -= len(rows)
             high = f"({decode_entry(*rows[-1]).id}"
-            self.cursor = id_key(high[1:])
+        self.cursor = id_key(high[1:])
         return _skipped_event(skipped, self.replay_max) + self._resume_page()
 
     def _resume_page(self) -> bytes:
