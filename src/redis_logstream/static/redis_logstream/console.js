@@ -317,7 +317,10 @@
       if (d.redis === "down") this.setState("degraded", text(d.message) || "Redis unavailable");
       else if (d.redis === "up") this.setState("live");
       else if (d.behind) this.setState("reconnecting", "fell behind, catching up");
-      else if (typeof d.skipped === "number") this.enqueue({ note: `${d.skipped} older records skipped`, title: text(d.message) });
+      else if ("skipped" in d) {
+        const n = typeof d.skipped === "number" ? `${d.skipped} ` : "";
+        this.enqueue({ note: `${n}older records skipped`, title: text(d.message) });
+      }
     }
 
     // ---- rendering ----------------------------------------------------------
