@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import django
 import pytest
 import redis
 
@@ -96,17 +97,21 @@ def test_a_viewer_that_never_reads_holds_bounded_memory_and_its_response_is_ende
     server, redis_server
 ):
     store = redis.Redis.from_url(redis_server.url, socket_timeout=10, retry=no_retry())
-    job = f"job_{uuid.uuid4().hex}"
-    path = f"/logs/stream/?token={make_stream_token(job, max_age=600)}&history=0"
-    with SSEClient(server.url + path) as warm:  # the code paths and the follower, once
+    warm_job, job = f"job_{uuid.uuid4().hex}", f"job_{uuid.uuid4().hex}"
+    warm_path = f"/logs/stream/?token={make_stream_token(warm_job, max_age=600)}&history=0"
+    with SSEClient(server.url + warm_path) as warm:  # the code paths, once
         warm.wait_for(lambda e: e.event == "ready")
-    wait_for(lambda: followers(store) == 0, timeout=10)
+    # Django 4.2 under ASGI cannot tell that client left: its viewer (and
+    # follower) stays until the response's age (docs/console.md).
+    others = 1 if server.kind == "uvicorn" and django.VERSION < (5, 0) else 0
+    wait_for(lambda: followers(store) == others, timeout=10)
     pid = serving_pid(server)
     before = rss(pid)
 
+    path = f"/logs/stream/?token={make_stream_token(job, max_age=600)}&history=0"
     sock = stalled_client(server.port, path)
     try:
-        wait_for(lambda: followers(store) == 1, timeout=10)
+        wait_for(lambda: followers(store) == others + 1, timeout=10)
         key = Names().stream(job)
         record = json.dumps({"message": "x" * RECORD_BYTES, "level": "INFO"})
         peak = before
@@ -126,7 +131,7 @@ def test_a_viewer_that_never_reads_holds_bounded_memory_and_its_response_is_ende
         assert growth < 64 * MiB
 
         # The write timeout (2 s) ends the stuck response and frees its place.
-        wait_for(lambda: followers(store) == 0, timeout=10)
+        wait_for(lambda: followers(store) == others, timeout=10)
         closed, received = read_to_end(sock, timeout=10)
         print(f"the client then read {len(received) / MiB:.1f} MiB before the end: {closed}")
         assert closed
