@@ -53,9 +53,8 @@ __all__ = ["Follower", "StreamHub", "Subscription", "id_key"]
 COALESCE = 0.05
 #: The longest blocking read; a follower whose viewers left notices it then.
 FOLLOW_BLOCK_MS = 1000
-#: Entries per read: a batch is held about three times over (the reply, the
-#: decoded entries, their SSE bytes), so 100 records of 64 KB cost ~20 MB
-#: at the peak where 500 cost ~100 MB; a full batch is read again at once.
+#: Entries per read: a batch is held about three times over (reply, entries,
+#: SSE bytes): 100 records of 64 KB cost ~20 MB where 500 cost ~100 MB.
 FOLLOW_COUNT = 100
 #: Entries a viewer may have waiting before it is cut off (and resumes).
 INBOX_LIMIT = 10000
@@ -116,8 +115,7 @@ class Subscription:
         caller wakes many at once: see :func:`wake`)."""
         if self.overflowed or self.closed:
             return None
-        if size is None:
-            size = sum(len(data) for _, data in items)
+        size = sum(len(data) for _, data in items) if size is None else size
         with self._lock:
             self._items.extend(items)
             self.size += size
