@@ -203,3 +203,16 @@ def test_the_level_filter_and_search_hide_lines(page, site, store):
         ".map(e => e.querySelector('.rls-msg').textContent)"
     )
     assert visible == ["checkout again"]
+
+
+def test_a_page_that_saw_no_record_yet_loses_nothing_across_a_cut(page, proxy, site, store):
+    """More records than the history (100) arrive while the page is away: it
+    resumes from the ready event's id, not from a fresh history."""
+    sign_in(page, proxy.url)  # alice's stream is empty
+    assert proxy.drop_all() >= 1
+    written = [add(store, ALICE, f"while away {n}") for n in range(150)]
+    page.wait_for_function(
+        "document.querySelectorAll('.rls-line').length >= 150", timeout=10_000
+    )
+    page.wait_for_timeout(300)  # nothing more (no duplicate) arrives
+    assert [line["id"] for line in lines(page)] == written

@@ -247,3 +247,15 @@ def test_a_stream_gives_back_its_database_connection(django_user_model, seeded, 
         assert next(iter(response.streaming_content))
     finally:
         response.close()
+
+
+def test_the_console_page_links_its_stylesheet_once(alice):
+    page = alice.get(PAGE).content.decode()
+    assert page.count("redis_logstream/console.css") == 1
+    assert page.count("redis_logstream/console.js") == 1
+
+
+def test_the_sign_in_page_wears_the_console_look(anonymous):
+    page = anonymous.get("/accounts/login/").content.decode()
+    assert "redis_logstream/console.css" in page
+    assert 'class="rls-page"' in page and 'class="rls-form"' in page

@@ -113,7 +113,7 @@ def test_history_can_be_lowered_not_raised(redis_client, open_body, settings):
 
 def test_last_event_id_resumes_right_after_it(redis_client, open_body):
     ids = add(redis_client, *(f"m{i}" for i in range(1200)))
-    events = open_body(HTTP_LAST_EVENT_ID=ids[99]).until(is_ready, limit=10)
+    events = open_body(HTTP_LAST_EVENT_ID=ids[99]).until(is_ready, limit=20)
     assert messages(events) == [f"m{i}" for i in range(100, 1200)]  # more than one page
     assert events[-1].json == {"history": 1100}
     assert [e.id for e in events if e.event == "log"] == ids[100:]

@@ -10,7 +10,8 @@ One more kind, ``gunicorn-preload`` (not in :data:`KINDS`), is how most
 production sites run: sync workers forked from a master that built the app,
 Django's LOGGING and so the log handler, before the fork (``--preload``).
 Its ``workers`` and any ``extra_args`` (``-c hooks.py``) come from the caller.
-The whole process group is stopped by pid.
+The whole process group is stopped by pid. ``settings`` names another
+settings module (tests/stalled_settings.py: the console's limits made short).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class WebServer:
         *,
         workers: int = 3,
         extra_args: Sequence[str] = (),
+        settings: str = "stream_settings",
     ) -> None:
         """Start ``kind``; ``workers`` and ``extra_args`` serve the prefork kinds."""
         self.kind = kind
@@ -74,7 +76,7 @@ class WebServer:
         env = {
             **os.environ,
             "REDIS_URL": redis_url,
-            "DJANGO_SETTINGS_MODULE": "stream_settings",
+            "DJANGO_SETTINGS_MODULE": settings,
             "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT), str(ROOT / "src")]),
             "TESTPROJECT_DATA_DIR": self.data_dir,
             "TESTPROJECT_LOG_CONSOLE": "0",

@@ -8,11 +8,18 @@ The rules (each is a test in tests/test_stream_access.py):
 - a stream token (:mod:`.tokens`) grants exactly the context it names, to
   anyone, until it expires;
 - everyone else gets 403 (the console page sends anonymous visitors to the
-  login page instead).
+  login page instead);
+- a signed-in user holds at most ``STREAM_USER_LIMIT`` streams open at once
+  in one server process (:data:`USER_STREAMS`); viewers by token are not
+  counted (many people share one address behind a proxy, and a token is
+  not a person).
 """
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +28,15 @@ from django.core.exceptions import BadRequest, PermissionDenied
 from .context import get_user_context, validate_context
 from .tokens import InvalidStreamToken, read_stream_token
 
-__all__ = ["GLOBAL", "VIEW_ALL_PERMISSION", "Grant", "can_view_all", "grant_for"]
+__all__ = [
+    "GLOBAL",
+    "USER_STREAMS",
+    "VIEW_ALL_PERMISSION",
+    "Grant",
+    "StreamSlots",
+    "can_view_all",
+    "grant_for",
+]
 
 #: The value of ``?context=`` that names the site-wide stream.
 GLOBAL = "global"
@@ -49,7 +64,7 @@ def grant_for(request: Any) -> Grant:
 
     Raises PermissionDenied (403) or BadRequest (400, a malformed context).
     """
-    token = request.GET.get("token")
+    token = request.GET.get("token") or None  # ?token= (empty): no token
     asked = request.GET.get("context")
     if token is not None:
         try:
@@ -83,3 +98,54 @@ def grant_for(request: Any) -> Grant:
     if context != own and not view_all:
         raise PermissionDenied("you may watch your own log context only")
     return Grant(context, view_all=view_all)
+
+
+class StreamSlots:
+    """Streams open per signed-in user, counted in this process.
+
+    Per process on purpose: a slot must be given back however a response
+    ends, and a count in Redis would outlive a process that died holding
+    slots (it would need leases renewed by every viewer).  A site with N
+    worker processes therefore lets a user hold up to N times the limit.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[Any, int] = {}
+
+    def take(self, user_key: Any, limit: int) -> Callable[[], None] | None:
+        """A slot for ``user_key`` (limit 0: no cap): the function that gives
+        it back (once, however often it is called), or None when all are taken."""
+        with self._lock:
+            held = self._open.get(user_key, 0)
+            if limit and held >= limit:
+                return None
+            self._open[user_key] = held + 1
+        given_back = threading.Event()
+
+        def release() -> None:
+            with self._lock:
+                if given_back.is_set():
+                    return
+                given_back.set()
+                left = self._open.get(user_key, 1) - 1
+                if left > 0:
+                    self._open[user_key] = left
+                else:
+                    self._open.pop(user_key, None)
+
+        return release
+
+    def held(self, user_key: Any) -> int:
+        with self._lock:
+            return self._open.get(user_key, 0)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._open = {}
+
+
+#: The process's count of open streams per user (by primary key).
+USER_STREAMS = StreamSlots()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=USER_STREAMS._reset)

@@ -119,6 +119,15 @@ SITE_DEFAULTS: Mapping[str, Any] = {
     # Purge a user's log context when the user is deleted (their records in
     # the global and dead-letter streams too) or renamed (docs/security.md).
     "purge_user_contexts": True,
+    # Console limits (docs/console.md, docs/security.md): bytes a viewer
+    # may have waiting before it is cut off to resume, seconds a write to a
+    # viewer may stay stuck before its response is ended, streams one
+    # signed-in user may hold open per process (0: no cap), and records a
+    # resume from before the retained history replays at most.
+    "stream_inbox_bytes": 4 * 1024 * 1024,
+    "stream_write_timeout": 30.0,
+    "stream_user_limit": 8,
+    "stream_replay_max": 500,
 }
 
 

@@ -16,12 +16,14 @@ after that; anything older is already in Redis, so the history read that
 follows includes it.  The overlap is removed by id.  A follower starts from
 the stream's newest id, read before anyone can subscribe to it.
 
-A viewer that cannot keep up (its inbox reaches ``limit``) is cut off
-rather than buffered without bound: its stream ends, the browser
-reconnects with ``Last-Event-ID`` and catches up from Redis.  A viewer
-that stops reading its inbox altogether (a response the server threw away
-unread) is dropped after ``stale_after`` seconds.  A follower stops once
-its last viewer has left and closes its connection.
+A viewer that cannot keep up (its inbox holds more than ``limit`` entries
+or ``max_bytes`` bytes) is cut off rather than buffered without bound: its
+inbox is emptied, its stream ends, the browser reconnects with
+``Last-Event-ID`` and catches up from Redis.  A viewer that stops reading
+its inbox altogether (a response the server threw away unread, or a write
+to a client that does not read) is dropped after ``stale_after`` seconds:
+its inbox is emptied and its ``on_stale`` hook ends the stuck response.
+A follower stops once its last viewer has left and closes its connection.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import redis
 from .diagnostics import report
 from .entries import Entry
 from .naming import Names
-from .reader import PAGE, READ_MARGIN, StreamReader
+from .reader import READ_MARGIN, StreamReader
 from .topology import clone, disconnect
 
 __all__ = ["Follower", "StreamHub", "Subscription", "id_key"]
@@ -51,8 +53,14 @@ __all__ = ["Follower", "StreamHub", "Subscription", "id_key"]
 COALESCE = 0.05
 #: The longest blocking read; a follower whose viewers left notices it then.
 FOLLOW_BLOCK_MS = 1000
+#: Entries per read: a batch is held about three times over (reply, entries,
+#: SSE bytes): 100 records of 64 KB cost ~20 MB where 500 cost ~100 MB.
+FOLLOW_COUNT = 100
 #: Entries a viewer may have waiting before it is cut off (and resumes).
 INBOX_LIMIT = 10000
+#: Bytes a viewer may have waiting before it is cut off: entries are up to
+#: ~64 KB each, so a count alone lets one slow viewer hold hundreds of MB.
+INBOX_BYTES = 4 * 1024 * 1024
 #: A viewer that has not looked at its inbox for this long is dropped.
 STALE_AFTER = 60.0
 #: Seen in ``CLIENT LIST``, so operators know whose connections these are.
@@ -76,14 +84,24 @@ class Subscription:
     """
 
     def __init__(
-        self, follower: Follower, limit: int = INBOX_LIMIT, stale_after: float = STALE_AFTER
+        self,
+        follower: Follower,
+        limit: int = INBOX_LIMIT,
+        stale_after: float = STALE_AFTER,
+        max_bytes: int = INBOX_BYTES,
     ) -> None:
         self.follower = follower
         self.limit = limit
+        self.max_bytes = max_bytes
         self.stale_after = stale_after
         self.seen = time.monotonic()
         self.overflowed = False
         self.closed = False
+        #: Called (from the follower's thread) when the viewer is dropped for
+        #: not reading: ends a response stuck writing to a client.
+        self.on_stale: Callable[[], None] | None = None
+        self.size = 0  # bytes waiting in the inbox
+        self._lock = threading.Lock()  # size and items change together
         self._items: deque[Item] = deque()
         self._waiting = False
         self._event: threading.Event | asyncio.Event | None = None
@@ -91,20 +109,31 @@ class Subscription:
 
     # -- the follower's side ------------------------------------------------
 
-    def push(self, items: list[Item]) -> Subscription | None:
-        """Queue ``items``; return self if the viewer waits and must be woken
-        (the caller wakes many at once: see :func:`wake`)."""
+    def push(self, items: list[Item], size: int | None = None) -> Subscription | None:
+        """Queue ``items`` (``size``: their bytes, computed once per batch by
+        the caller); return self if the viewer waits and must be woken (the
+        caller wakes many at once: see :func:`wake`)."""
         if self.overflowed or self.closed:
             return None
-        self._items.extend(items)
-        if len(self._items) > self.limit:
-            self.overflowed = True
-            self._items.clear()
+        size = sum(len(data) for _, data in items) if size is None else size
+        with self._lock:
+            self._items.extend(items)
+            self.size += size
+            if len(self._items) > self.limit or self.size > self.max_bytes:
+                self.overflowed = True
+                self._empty()
         return self._claim_wake()
+
+    def _empty(self) -> None:
+        """Let go of what is waiting (called with the lock held)."""
+        self._items.clear()
+        self.size = 0
 
     def end(self) -> None:
         """The follower is gone (its hub closed): let the viewer finish."""
         self.closed = True
+        with self._lock:
+            self._empty()
         if self._claim_wake() is not None:
             wake([self])
 
@@ -129,11 +158,9 @@ class Subscription:
 
     def take(self) -> list[Item]:
         self.seen = time.monotonic()
-        items = []
-        # The follower may clear the deque (overflow) between two pops.
-        with contextlib.suppress(IndexError):
-            while self._items:
-                items.append(self._items.popleft())
+        with self._lock:
+            items = list(self._items)
+            self._empty()
         return items
 
     def wait(self, timeout: float) -> list[Item]:
@@ -165,10 +192,23 @@ class Subscription:
         return self.take()
 
     def close(self) -> None:
-        """Leave the follower; the last viewer to leave stops it."""
+        """Leave the follower (the last viewer to leave stops it) and let go
+        of the inbox at once: a response stuck writing may live on a while."""
+        with self._lock:
+            self._empty()
         if not self.closed:
             self.closed = True
             self.follower.unsubscribe(self)
+
+    def drop_stale(self) -> None:
+        """Close a viewer that stopped reading, and end its response."""
+        self.close()
+        hook, self.on_stale = self.on_stale, None
+        if hook is not None:
+            try:
+                hook()
+            except Exception as exc:  # the follower must go on for the others
+                report(logging.WARNING, "redis_logstream: could not end a stuck response: %s", exc)
 
 
 def wake(subscriptions: list[Subscription]) -> None:
@@ -220,8 +260,8 @@ class Follower(threading.Thread):
             entry_id = newest[0][0]
             self.cursor = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
-    def subscribe(self, limit: int, stale_after: float) -> Subscription:
-        subscription = Subscription(self, limit, stale_after)
+    def subscribe(self, limit: int, stale_after: float, max_bytes: int) -> Subscription:
+        subscription = Subscription(self, limit, stale_after, max_bytes)
         self.subscribers.append(subscription)
         return subscription
 
@@ -236,15 +276,20 @@ class Follower(threading.Thread):
     def run(self) -> None:
         try:
             batches = self.reader.batches(
-                self.context, self.cursor, stop=self.stopping, notify=self._notify
+                self.context,
+                self.cursor,
+                stop=self.stopping,
+                notify=self._notify,
+                count=FOLLOW_COUNT,
             )
             for batch in batches:
                 if batch:
                     items: list[Item] = [(id_key(e.id), self.encode(e)) for e in batch]
-                    wake([s for s in list(self.subscribers) if s.push(items)])
+                    size = sum(len(data) for _, data in items)
+                    wake([s for s in list(self.subscribers) if s.push(items, size)])
                 for subscription in [s for s in list(self.subscribers) if s.stale]:
-                    subscription.close()
-                if batch and len(batch) < PAGE:  # a full batch: more is waiting
+                    subscription.drop_stale()
+                if batch and len(batch) < FOLLOW_COUNT:  # a full batch: more is waiting
                     self.stopping.wait(COALESCE)
         except redis.RedisError as exc:  # not a lost connection: a broken setup
             report(logging.ERROR, "redis_logstream: the console's reader failed: %s", exc)
@@ -286,7 +331,11 @@ class StreamHub:
         self._starting: dict[str, threading.Event] = {}
 
     def subscribe(
-        self, context: str | None, limit: int = INBOX_LIMIT, stale_after: float = STALE_AFTER
+        self,
+        context: str | None,
+        limit: int = INBOX_LIMIT,
+        stale_after: float = STALE_AFTER,
+        max_bytes: int = INBOX_BYTES,
     ) -> Subscription:
         """Join the follower of ``context``'s stream, starting one if needed.
 
@@ -299,27 +348,27 @@ class StreamHub:
             with self.lock:
                 follower = self.followers.get(key)
                 if follower is not None and not follower.stopping.is_set():
-                    return follower.subscribe(limit, stale_after)
+                    return follower.subscribe(limit, stale_after, max_bytes)
                 starting = self._starting.get(key)
                 if starting is None:
                     self._starting[key] = threading.Event()
                     break
             starting.wait(FOLLOW_BLOCK_MS / 1000 + READ_MARGIN)
         try:
-            return self._start(context, key, limit, stale_after)
+            return self._start(context, key, limit, stale_after, max_bytes)
         finally:
             with self.lock:
                 self._starting.pop(key).set()
 
     def _start(
-        self, context: str | None, key: str, limit: int, stale_after: float
+        self, context: str | None, key: str, limit: int, stale_after: float, max_bytes: int
     ) -> Subscription:
         fresh = Follower(self, context, follower_client(self.client), self.encode)
         try:
             fresh.start_from_newest()
             with self.lock:
                 self.followers[key] = fresh
-                subscription = fresh.subscribe(limit, stale_after)
+                subscription = fresh.subscribe(limit, stale_after, max_bytes)
                 fresh.start()
         except BaseException:
             with self.lock:

@@ -321,12 +321,15 @@ class StreamReader:
         stop: threading.Event | None = None,
         timeout: float | None = None,
         notify: Callable[[str], None] | None = None,
+        count: int | None = None,
     ) -> Iterator[list[Entry]]:
         """Each read's entries strictly after ``after_id``; ``[]`` after an idle block.
 
         ``block_ms`` (default: the reader's) sets how long one read waits,
         so how late a ``stop`` is seen.  Ends when ``stop`` is set or
-        ``timeout`` seconds have passed.  Lost connections are retried from
+        ``timeout`` seconds have passed; ``count`` (default: the reader's page)
+        caps the entries of one read, so the memory one batch of large
+        records takes.  Lost connections are retried from
         the same cursor with capped, jittered backoff; ``notify`` hears once
         that Redis went away and once that it came back.
         """
@@ -344,7 +347,7 @@ class StreamReader:
                     return
                 block = max(1, min(block, int(left * 1000)))
             try:
-                reply = self.client.xread({key: cursor}, count=self.page, block=block)
+                reply = self.client.xread({key: cursor}, count=count or self.page, block=block)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if not failing and notify is not None:
                     notify(f"lost Redis ({_one_line(exc)}); reconnecting")

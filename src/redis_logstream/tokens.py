@@ -10,6 +10,7 @@ has the URL can watch until it expires, so keep ``max_age`` short.
 
 from __future__ import annotations
 
+import math
 import time
 
 from django.core import signing
@@ -34,8 +35,14 @@ def make_stream_token(context: str | None, max_age: float = 3600) -> str:
     """
     if context is not None:
         context = validate_context(context)
-    if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or max_age <= 0:
-        raise ValueError(f"max_age must be a number of seconds > 0, not {max_age!r}.")
+    if (
+        isinstance(max_age, bool)
+        or not isinstance(max_age, (int, float))
+        or not math.isfinite(max_age)
+        or max_age <= 0
+    ):
+        # inf (or nan) would make a token that never expires, or a broken one.
+        raise ValueError(f"max_age must be a finite number of seconds > 0, not {max_age!r}.")
     expires = int(time.time() + max_age + 0.999)
     return signing.dumps({"c": context, "e": expires}, salt=SALT, compress=False)
 

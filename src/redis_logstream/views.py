@@ -6,6 +6,9 @@ watch what is decided in :mod:`.access`, the protocol in :mod:`.sse`.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 import redis
@@ -20,12 +23,18 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_safe
 
 from . import hubs
-from .access import GLOBAL, Grant, grant_for
+from .access import GLOBAL, USER_STREAMS, Grant, grant_for
 from .conf import site_setting
 from .reader import parse_entry_id
 from .sse import RETRY_MS, EventStream
 
 __all__ = ["console", "stream"]
+
+#: The largest stream id: Redis cannot read "after" it.
+_LAST_ID = f"{2**64 - 1}-{2**64 - 1}"
+#: ``?history=`` longer than this is refused (int() of thousands of digits
+#: is slow, then an error); the site's limit caps it anyway.
+_HISTORY_DIGITS = 18
 
 
 def _history(request: HttpRequest) -> int:
@@ -36,6 +45,8 @@ def _history(request: HttpRequest) -> int:
         return limit
     if not (text.isascii() and text.isdigit()):
         raise BadRequest("history must be a whole number of records")
+    if len(text) > _HISTORY_DIGITS:
+        raise BadRequest(f"history must have at most {_HISTORY_DIGITS} digits")
     return min(int(text), limit)
 
 
@@ -46,9 +57,37 @@ def _resume_after(request: HttpRequest) -> str | None:
     if not text:
         return None
     try:
-        return parse_entry_id(text)
+        entry_id = parse_entry_id(text)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
+    if entry_id == _LAST_ID:
+        raise BadRequest(f"{entry_id} is the last possible stream id: nothing can follow it")
+    return entry_id
+
+
+def _too_many(limit: int) -> HttpResponse:
+    response = HttpResponse(
+        f"Too many open log streams: this user already watches {limit} in this server "
+        "process (STREAM_USER_LIMIT). Close another console tab or window, then retry.\n",
+        status=429,
+        content_type="text/plain; charset=utf-8",
+    )
+    response["Retry-After"] = "10"
+    return response
+
+
+def _socket_closer(request: HttpRequest) -> Callable[[], None] | None:
+    """How to end a WSGI response whose writes are stuck: shut its socket
+    (gunicorn shows it to the application; other WSGI servers do not)."""
+    sock = request.META.get("gunicorn.socket")
+    if not isinstance(sock, socket.socket):
+        return None
+
+    def shut() -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    return shut
 
 
 @never_cache
@@ -58,6 +97,12 @@ def stream(request: HttpRequest) -> HttpResponse:
     """``text/event-stream`` of one context: history (or resume), then live."""
     grant = grant_for(request)
     history, resume_after = _history(request), _resume_after(request)
+    release = None
+    if grant.token is None:  # a signed-in user: capped (viewers by token are not)
+        limit = site_setting("stream_user_limit")
+        release = USER_STREAMS.take(request.user.pk, limit)
+        if release is None:
+            return _too_many(limit)
     events = EventStream(
         hubs.get_hub(),
         hubs.get_reader(),
@@ -66,10 +111,16 @@ def stream(request: HttpRequest) -> HttpResponse:
         resume_after=resume_after,
         heartbeat=site_setting("stream_heartbeat"),
         max_age=site_setting("stream_max_age"),
+        inbox_bytes=site_setting("stream_inbox_bytes"),
+        write_timeout=site_setting("stream_write_timeout"),
+        replay_max=site_setting("stream_replay_max"),
+        on_close=release,
+        abort=None if isinstance(request, ASGIRequest) else _socket_closer(request),
     )
     try:
         events.open()
     except redis.RedisError:
+        events.close()
         response = HttpResponse(
             "The log stream is unavailable (Redis cannot be reached); retry shortly.\n",
             status=503,
@@ -77,6 +128,9 @@ def stream(request: HttpRequest) -> HttpResponse:
         )
         response["Retry-After"] = str(RETRY_MS // 1000)
         return response
+    except BaseException:
+        events.close()
+        raise
     body = events.async_body() if isinstance(request, ASGIRequest) else events.sync_body()
     response = StreamingHttpResponse(body, content_type="text/event-stream; charset=utf-8")
     # Proxies (nginx) must pass each event on at once, not buffer the body.
@@ -117,7 +171,7 @@ def console(request: HttpRequest) -> HttpResponse:
     try:
         grant = grant_for(request)
     except PermissionDenied:
-        if "token" not in request.GET and not request.user.is_authenticated:
+        if not request.GET.get("token") and not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path())
         raise
     title = "Whole site" if grant.context is None else grant.context

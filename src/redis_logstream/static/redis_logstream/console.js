@@ -4,8 +4,10 @@
  * Mounts every <section class="rls-console" data-stream-url="..."> on the page
  * and follows its Server-Sent-Events stream:
  *   event: log     one record (JSON), id = its Redis stream entry id
- *   event: ready   the history is done, what follows is live
- *   event: status  the server lost or regained Redis
+ *   event: ready   the history is done, what follows is live; its id is the
+ *                  resume point when no record came yet
+ *   event: status  the server lost or regained Redis, skipped old records on a
+ *                  resume, or ended a viewer that fell behind
  * Plain ES2020, no dependencies, Content-Security-Policy friendly: records are
  * only ever inserted as text, configuration comes from data- attributes.
  */
@@ -293,6 +295,13 @@
     }
 
     onReady(e) {
+      // The resume point even when no record came (an empty stream, ?history=0):
+      // the browser resends it as Last-Event-ID, and retry() puts it in the URL.
+      const key = idKey(e.lastEventId || "");
+      if (key !== null && (this.lastKey === null || key > this.lastKey)) {
+        this.lastKey = key;
+        this.lastId = e.lastEventId;
+      }
       this.live = true;
       if (this.separated) return;
       this.separated = true;
@@ -307,6 +316,11 @@
       if (!d || typeof d !== "object") return;
       if (d.redis === "down") this.setState("degraded", text(d.message) || "Redis unavailable");
       else if (d.redis === "up") this.setState("live");
+      else if (d.behind) this.setState("reconnecting", "fell behind, catching up");
+      else if ("skipped" in d) {
+        const n = typeof d.skipped === "number" ? `${d.skipped} ` : "";
+        this.enqueue({ note: `${n}older records skipped`, title: text(d.message) });
+      }
     }
 
     // ---- rendering ----------------------------------------------------------
@@ -314,7 +328,7 @@
     enqueue(item) {
       if (this.paused) {
         capPush(this.held, item);
-        if (!item.sep) this.heldCount++;
+        if (!item.sep && !item.note) this.heldCount++;
       } else {
         capPush(this.pending, item);
       }
@@ -351,7 +365,7 @@
         let tail = l.lastElementChild;
         for (const it of items) {
           if (!tail || tail.childElementCount >= CHUNK) tail = l.appendChild(h("div", { class: "rls-chunk" }));
-          tail.append(it.sep ? this.separator(it) : this.line(it));
+          tail.append(it.sep ? this.separator(it) : it.note ? this.notice(it) : this.line(it));
         }
         // Drop the oldest lines beyond the cap (a separator in the way goes too).
         // Browsers keep what the user reads in place (scroll anchoring).
@@ -398,6 +412,12 @@
     separator(it) {
       const el = h("div", { class: "rls-sep", role: "separator" }, "— live —");
       if (typeof it.history === "number") el.title = `${it.history} earlier records above`;
+      return el;
+    }
+
+    notice(it) {
+      const el = h("div", { class: "rls-sep rls-notice", role: "note" }, it.note);
+      if (it.title) el.title = it.title;
       return el;
     }
 
