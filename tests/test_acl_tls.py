@@ -40,8 +40,8 @@ from sse_client import SSEClient, parse_events
 from web_servers import WebServer
 
 WRITER = "resetchannels ~stream:logs:* &logs:* +evalsha +eval +publish +xadd +xtrim +expire"
-READER = "resetchannels %R~stream:logs:* +xrevrange +xrange +xread +time +client|setname"
-SITE = WRITER + " +xrevrange +xrange +xread +time +client|setname"  # one user for a whole site
+READER = "resetchannels %R~stream:logs:* +xrevrange +xrange +xread +xlen +time +client|setname"
+SITE = WRITER + " +xrevrange +xrange +xread +xlen +time +client|setname"  # one user for a whole site
 LISTENER = "resetchannels &logs:* +subscribe +psubscribe"
 PURGER = ("resetchannels ~stream:logs:* ~stream:logs/dead-letter/* +scan +type +xlen +multi +exec "
           "+del +xrevrange +xrange +xdel")  # fmt: skip
@@ -226,14 +226,16 @@ def test_the_writer_cannot_read_and_the_reader_cannot_write(
 def read_like_the_readers(url: str) -> None:
     """What tail_logs / redis-logstream tail and the console send, each step
     allowed to fail: --since (TIME), history (XREVRANGE), follow (XREAD), the
-    console's named follower and its resume after Last-Event-ID (XRANGE)."""
+    console's named follower, its resume after Last-Event-ID (XRANGE) and
+    the count of what a resume from before the history skips (XLEN)."""
     client = client_for_url(url, block_ms=100)
     named = follower_client(client)
     reader = StreamReader(client, block_ms=100)
     steps = (lambda: reader.snapshot(ALICE, 5, since="1h"),
              lambda: list(reader.follow(ALICE, "0-0", timeout=0.1)),
              lambda: named.xrevrange(ALICE_KEY, count=1),
-             lambda: client.xrange(ALICE_KEY, "(0-0", "+"))  # fmt: skip
+             lambda: client.xrange(ALICE_KEY, "(0-0", "+"),
+             lambda: client.xlen(ALICE_KEY))  # fmt: skip
     for step in steps:
         with contextlib.suppress(redis.RedisError):
             step()
