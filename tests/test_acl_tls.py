@@ -41,7 +41,8 @@ from web_servers import WebServer
 
 WRITER = "resetchannels ~stream:logs:* &logs:* +evalsha +eval +publish +xadd +xtrim +expire"
 READER = "resetchannels %R~stream:logs:* +xrevrange +xrange +xread +xlen +time +client|setname"
-SITE = WRITER + " +xrevrange +xrange +xread +xlen +time +client|setname"  # one user for a whole site
+# One user for a whole site: the writer line plus the reader grants.
+SITE = WRITER + " +xrevrange +xrange +xread +xlen +time +client|setname"
 LISTENER = "resetchannels &logs:* +subscribe +psubscribe"
 PURGER = ("resetchannels ~stream:logs:* ~stream:logs/dead-letter/* +scan +type +xlen +multi +exec "
           "+del +xrevrange +xrange +xdel")  # fmt: skip
