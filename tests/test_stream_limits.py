@@ -82,6 +82,17 @@ def test_an_inbox_is_capped_in_bytes_and_emptied_when_the_viewer_is_cut_off():
     assert subscription.done and subscription.size == 0 and subscription.take() == []
 
 
+def test_a_viewer_that_keeps_up_takes_a_batch_larger_than_its_inbox():
+    subscription = Subscription(follower=None, max_bytes=1000)  # type: ignore[arg-type]
+    subscription.push([((1, n), b"x" * 600) for n in range(5)])  # one read: 3,000 bytes
+    assert not subscription.done and subscription.size == 3000
+    assert len(subscription.take()) == 5
+    subscription.push([((2, n), b"x" * 600) for n in range(5)])
+    assert not subscription.done
+    subscription.push([((3, 0), b"x")])  # while 3,000 bytes wait: cut off
+    assert subscription.done and subscription.size == 0
+
+
 def test_a_viewer_that_falls_behind_is_told_and_its_response_ends(redis_client, settings):
     limit(settings, stream_inbox_bytes=2000)
     response = Client().get(token_url("&history=0"))
@@ -92,7 +103,9 @@ def test_a_viewer_that_falls_behind_is_told_and_its_response_ends(redis_client, 
     hub = hubs.get_hub()
     (follower,) = hub.followers.values()
     (subscription,) = follower.subscribers
-    add(redis_client, *("y" * 1000 for _ in range(5)))  # 5 KB while the viewer is not reading
+    add(redis_client, *("y" * 1000 for _ in range(3)))  # 3 KB while the viewer is not reading
+    wait_for(lambda: subscription.size > 0 or subscription.overflowed)
+    add(redis_client, *("y" * 1000 for _ in range(3)))  # 3 KB more: over 2,000 waiting
     wait_for(lambda: subscription.overflowed)
     assert subscription.size == 0  # let go at once, not when the response ends
     rest = [e for chunk in chunks for e in parse_events(chunk)]

@@ -193,7 +193,9 @@ def test_a_viewer_that_falls_too_far_behind_is_cut_off_to_resume(redis_client):
     hub = hubs.get_hub()
     subscription = hub.subscribe(JOB, limit=3)
     try:
-        assert subscription.push([((1, n), b"x") for n in range(4)]) is None  # not waiting
+        subscription.push([((1, n), b"x") for n in range(2)])
+        assert not subscription.done
+        assert subscription.push([((2, n), b"x") for n in range(2)]) is None  # not waiting
         assert subscription.done and subscription.take() == []
     finally:
         subscription.close()

@@ -117,9 +117,14 @@ class Subscription:
             return None
         size = sum(len(data) for _, data in items) if size is None else size
         with self._lock:
+            # An empty inbox takes one read's batch whatever its size (a
+            # read is capped at FOLLOW_COUNT entries): a viewer that keeps
+            # up is never cut off by one burst of large records, and one
+            # that does not holds at most max_bytes plus one batch.
+            waiting = bool(self._items)
             self._items.extend(items)
             self.size += size
-            if len(self._items) > self.limit or self.size > self.max_bytes:
+            if waiting and (len(self._items) > self.limit or self.size > self.max_bytes):
                 self.overflowed = True
                 self._empty()
         return self._claim_wake()
