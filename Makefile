@@ -8,35 +8,67 @@
 # dependency); playwright's own browser download is never used.
 
 SHELL := /bin/sh
+comma := ,
 .DEFAULT_GOAL := test
 
 VENV := .venv
 VENV_PY := $(VENV)/bin/python
-# The stamp is newer than pyproject.toml once `pip install -e ".[dev]"` has
-# succeeded for its current contents, so repeated runs skip pip entirely.
-STAMP := $(VENV)/.installed
+OLD_VENV := .venv-django42
 
-# First interpreter that is at least the project's minimum (3.10); 3.11 is
-# what the project is developed and tested with.
-PYTHON ?= $(shell for p in python3.11 python3; do \
-	if $$p -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1; then \
-	echo $$p; break; fi; done)
+# The suite runs on the newest and the oldest Python the project supports
+# (pyproject's classifiers): .venv on 3.13, .venv-django42 on 3.10. Each is
+# found as pythonX.Y on PATH or as pyenv's copy (installed but not the active
+# version); where it is not installed, python3 stands in, with a notice.
+# find_python(X.Y): the first of those that runs and is X.Y, or nothing.
+find_python = $(shell for p in python$(1) \
+	$${PYENV_ROOT:-$$HOME/.pyenv}/versions/$(1).*/bin/python$(1) \
+	$$(pyenv root 2>/dev/null)/versions/$(1).*/bin/python$(1); do \
+	if $$p -c 'import sys; sys.exit("%d.%d" % sys.version_info[:2] != "$(1)")' >/dev/null 2>&1; \
+	then echo $$p; break; fi; done)
+NEWEST := 3.13
+OLDEST := 3.10
+PYTHON ?= $(call find_python,$(NEWEST))
+OLD_PYTHON ?= $(call find_python,$(OLDEST))
 
 PYTEST_ARGS ?=
 
-.PHONY: venv install test lint demo bench bench-viewers bench-cluster bench-consumer bench-amqp \
-	soak tools clean distclean
+.PHONY: venv install old-venv test lint demo bench bench-viewers bench-cluster bench-consumer \
+	bench-amqp soak tools clean distclean
 
-venv install: $(STAMP)
+# ensure_venv(dir, python, wanted X.Y, pip arguments, files): make `dir` a venv
+# of `python` (python3 when empty), rebuilt when it runs any other Python (a
+# .venv from an older Makefile, an upgraded interpreter), and pip-installed
+# again only when `files` changed since its stamp, so repeated runs skip pip.
+define ensure_venv
+	@py='$(2)'; \
+	if [ -z "$$py" ]; then \
+	  py=python3; echo "python$(3) not found: $(1) uses python3 ($$(python3 -V 2>&1))."; \
+	fi; \
+	$$py -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1 \
+	  || { echo "No python3 >= 3.10 found on PATH."; exit 1; }; \
+	want=$$($$py -c 'import sys; print(sys.version.split()[0])'); \
+	have=$$($(1)/bin/python -c 'import sys; print(sys.version.split()[0])' 2>/dev/null || true); \
+	if [ "$$have" != "$$want" ]; then \
+	  if [ -n "$$have" ]; then echo "$(1) runs Python $$have, not $$want: rebuilding it."; fi; \
+	  rm -rf $(1) && $$py -m venv $(1) || exit 1; \
+	fi; \
+	stale=; for f in $(5); do [ $$f -nt $(1)/.installed ] && stale=1; done; \
+	if [ ! -f $(1)/.installed ] || [ -n "$$stale" ]; then \
+	  echo "Installing the package and its dependencies into $(1) (Python $$want) with pip:" \
+	    "about a minute on a first run, silent meanwhile..."; \
+	  $(1)/bin/python -m pip install --disable-pip-version-check --quiet $(4) || exit 1; \
+	  touch $(1)/.installed; \
+	fi
+endef
 
-$(VENV_PY):
-	@test -n "$(PYTHON)" || { echo "No python3 >= 3.10 found on PATH."; exit 1; }
-	$(PYTHON) -m venv $(VENV)
+venv install:
+	$(call ensure_venv,$(VENV),$(PYTHON),$(NEWEST),-e ".[dev]",pyproject.toml)
 
-$(STAMP): pyproject.toml | $(VENV_PY)
-	@echo "Installing the package and its dependencies into $(VENV) (first run, or after pyproject.toml changed; about a minute)..."
-	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -e ".[dev]"
-	@touch $(STAMP)
+# The oldest versions supported: Django 4.2, the django-redis release for it,
+# redis-py 5.2 and a Celery that supports it.
+old-venv:
+	$(call ensure_venv,$(OLD_VENV),$(OLD_PYTHON),$(OLDEST),-e ".[dev]" "Django>=4.2$(comma)<5.0" \
+		"django-redis>=5.4$(comma)<7" "redis>=5.2$(comma)<5.3" "celery>=5.3$(comma)<5.6",pyproject.toml Makefile)
 
 # ensure_apt(command, debian package): install the package when the command is
 # missing. Services that the package would start (Debian's redis-server starts
@@ -66,24 +98,17 @@ tools:
 	$(call ensure_apt,chromium,chromium)
 	$(call ensure_apt,rabbitmq-server,rabbitmq-server)
 
-# The whole suite runs twice: on the newest Django LTS (5.2, in .venv) with
-# the newest redis-py, and on the oldest versions supported (Django 4.2, the
-# django-redis release for it, redis-py 5.2 and a Celery that supports it) in
+# The whole suite runs twice: on the newest Python, the newest Django LTS
+# (5.2) and the newest redis-py in .venv, and on the oldest of each in
 # .venv-django42.
-OLD_VENV := .venv-django42
-OLD_STAMP := $(OLD_VENV)/.installed
+VERSIONS := import sys, django, redis; \
+	print(f"--- Python {sys.version.split()[0]}, Django {django.__version__}, redis-py {redis.__version__} ---")
 
-$(OLD_STAMP): pyproject.toml Makefile | $(VENV_PY)
-	@test -x $(OLD_VENV)/bin/python || $(PYTHON) -m venv $(OLD_VENV)
-	$(OLD_VENV)/bin/python -m pip install --disable-pip-version-check --quiet \
-		-e ".[dev]" "Django>=4.2,<5.0" "django-redis>=5.4,<7" "redis>=5.2,<5.3" \
-		"celery>=5.3,<5.6"
-	@touch $(OLD_STAMP)
-
-test: install tools $(OLD_STAMP)
+test: install tools old-venv
 	$(VENV)/bin/ruff check .
+	@$(VENV_PY) -c '$(VERSIONS)'
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
-	@echo "--- again on Django 4.2 ---"
+	@$(OLD_VENV)/bin/python -c '$(VERSIONS)'
 	$(OLD_VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: install

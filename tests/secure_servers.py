@@ -71,11 +71,27 @@ class Certificates:
     client_key: Path
 
 
+# What strict X.509 checking (Python 3.13's default, OpenSSL's -x509_strict)
+# asks of each certificate; docs/security.md lists the same for operators.
+# The CA's own extensions are given here rather than taken from the system's
+# openssl.cnf, whose defaults lack keyUsage (strict checking then refuses
+# every certificate the CA signed: "CA cert does not include key usage").
+_CA_CONFIG = (
+    "[req]\n"
+    "distinguished_name = subject\n"
+    "x509_extensions = ca\n"
+    "[subject]\n"
+    "[ca]\n"
+    "basicConstraints=critical,CA:TRUE\n"
+    "keyUsage=critical,keyCertSign,cRLSign\n"
+    "subjectKeyIdentifier=hash\n"
+    "authorityKeyIdentifier=keyid:always\n"
+)
 _LEAF = (
     "basicConstraints=critical,CA:FALSE\n"
     "keyUsage=critical,digitalSignature\n"
     "subjectKeyIdentifier=hash\n"
-    "authorityKeyIdentifier=keyid,issuer\n"
+    "authorityKeyIdentifier=keyid:always\n"
 )
 
 
@@ -104,11 +120,14 @@ def _leaf(directory: Path, name: str, subject: str, extensions: str) -> tuple[Pa
 def make_certificates(directory: Path, host: str = TLS_HOST) -> Certificates:
     """A CA made for this test run, a server certificate for ``host`` (its
     only subject name: a client that checks host names refuses any other)
-    and a client certificate, all under ``directory``.  EC keys: quick to make."""
+    and a client certificate, all under ``directory``.  EC keys: quick to make.
+    Each carries what strict X.509 checking requires (see ``_CA_CONFIG``)."""
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / "ca.cnf").write_text(_CA_CONFIG)
     _openssl("req", "-x509", "-new", "-nodes", "-newkey", "ec", "-pkeyopt",
              "ec_paramgen_curve:prime256v1", "-keyout", "ca.key", "-out", "ca.crt",
-             "-days", "2", "-subj", "/CN=redis-logstream test CA", cwd=directory)  # fmt: skip
+             "-days", "2", "-subj", "/CN=redis-logstream test CA", "-config", "ca.cnf",
+             cwd=directory)  # fmt: skip
     server_cert, server_key = _leaf(
         directory, "server", f"/CN={host}",
         f"subjectAltName=DNS:{host}\nextendedKeyUsage=serverAuth\n",

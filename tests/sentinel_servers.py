@@ -118,12 +118,43 @@ class SentinelServers(_Topology):
         return client
 
     def failover(self, timeout: float = 15) -> RedisServer:
-        """SENTINEL FAILOVER; wait until every sentinel names the replica and it takes
-        writes; return it. The old primary stays a primary (stale) until the
-        sentinels demote it: ~2 s with ``fast``, see :meth:`wait_replica_synced`."""
-        new = self.replica
-        _ask(self.sentinels[0], "SENTINEL", "FAILOVER", self.service_name)
+        """A planned failover that loses no acknowledged write; return the new primary.
+
+        Replication is asynchronous: a write the primary acknowledged a moment
+        before ``SENTINEL FAILOVER`` promoted the replica may not have reached
+        it, and is gone once the sentinels demote the old primary
+        (``min-replicas-to-write`` cannot help: the replica was still
+        connected when the write came).  So, as Redis's own ``FAILOVER``
+        does: pause writes on the primary, let the replica catch up, fail
+        over, and end the pause once the old primary has seen its replica go
+        (writes then get NOREPLICAS).  Then wait until every sentinel names
+        the replica and it takes writes.  The old primary stays a primary
+        (stale) until the sentinels demote it: ~2 s with ``fast``, see
+        :meth:`wait_replica_synced`.
+        """
+        old, new = self.primary, self.replica
+        _ask(old, "CLIENT", "PAUSE", int(timeout * 1000), "WRITE")
+        try:
+            _wait(lambda: self._caught_up(old, new), timeout, "replica caught up", self._diagnose)
+            _ask(self.sentinels[0], "SENTINEL", "FAILOVER", self.service_name)
+            _wait(lambda: _ask(new, "ROLE")[0] == "master" and not self._good_replicas(old),
+                  timeout, f"promotion of {new!r}", self._diagnose)  # fmt: skip
+        finally:
+            _ask(old, "CLIENT", "UNPAUSE")
         return self._wait_promoted(new, timeout)
+
+    @staticmethod
+    def _good_replicas(primary: RedisServer) -> int:
+        """The replicas that count for ``min-replicas-to-write`` (all, when unset)."""
+        info = _ask(primary, "INFO", "replication")
+        return info.get("min_slaves_good_slaves", info["connected_slaves"])
+
+    @staticmethod
+    def _caught_up(primary: RedisServer, replica: RedisServer) -> bool:
+        """The replica has applied everything the primary wrote (its offset
+        reached the primary's: exact, where the primary's view waits for an ACK)."""
+        done = _ask(replica, "INFO", "replication")["master_repl_offset"]
+        return done >= _ask(primary, "INFO", "replication")["master_repl_offset"]
 
     def kill_primary_and_wait(self, timeout: float = 20) -> RedisServer:
         """SIGKILL the primary, wait until the sentinels promoted the replica; return it."""

@@ -111,6 +111,9 @@ def test_configured_through_django_redis_it_delivers_across_a_forced_failover(
         old = servers.primary
         writer = Logging(logger, start=100)
         writer.start()
+        # Planned, as docs/scaling.md says (writes paused until the replica is
+        # promoted): otherwise the batch in flight at that instant may be lost
+        # by Redis's asynchronous replication, whatever the handler does.
         new = servers.failover(timeout=20)
         time.sleep(3)  # the old primary is demoted meanwhile; records keep coming
         total = writer.stop()

@@ -6,12 +6,17 @@ import json
 import logging
 import os
 import socket
+import ssl
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import redis
 
-from servers import RedisServer, RedisServerError, SilentServer, no_retry
+from secure_servers import TLS_HOST, SecureRedisServer, make_certificates
+
+from servers import LOOPBACK, RedisServer, RedisServerError, SilentServer, no_retry
 
 
 def test_session_server_is_exported_as_redis_url(redis_server: RedisServer) -> None:
@@ -146,3 +151,29 @@ def test_site_logging_reaches_session_server(redis_client: redis.Redis) -> None:
     assert any(
         r["message"] == "wiring marker 42" and r["context"] == "User.wiring" for r in records
     ), records
+
+
+def test_the_test_certificates_pass_strict_x509_checking_as_python_3_13_does_by_default(
+    tmp_path: Path,
+) -> None:
+    # Python 3.13 turns on VERIFY_X509_STRICT in every default context (so in
+    # redis-py's): a CA without keyUsage made every TLS test fail there with
+    # "certificate unknown".  Asked for here, every Python checks the same.
+    certs = make_certificates(tmp_path / "tls")
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    context.verify_flags |= ssl.VERIFY_X509_STRICT
+    context.load_cert_chain(certs.client_cert, certs.client_key)
+    with (
+        SecureRedisServer(certificates=certs, client_certificates=True) as server,
+        socket.create_connection((LOOPBACK, server.port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=TLS_HOST) as tls,
+    ):
+        tls.sendall(b"*1\r\n$4\r\nPING\r\n")
+        assert tls.recv(100).startswith(b"-NOAUTH")  # TLS done: Redis answers
+    # redis-server checks the client's certificate leniently; OpenSSL's strict mode:
+    for purpose, cert in (("sslserver", certs.server_cert), ("sslclient", certs.client_cert)):
+        done = subprocess.run(
+            ["openssl", "verify", "-x509_strict", "-purpose", purpose, "-CAfile", str(certs.ca),
+             str(cert)], capture_output=True, text=True, check=False, timeout=30,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr

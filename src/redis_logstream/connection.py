@@ -10,6 +10,7 @@ retries: the shipper alone decides when to try again.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,6 +25,28 @@ from .conf import Options
 from .naming import Names
 
 __all__ = ["ConfigurationError", "client_factory", "names_for", "pool_kwargs", "uses_cluster"]
+
+
+def _run_connection_constructors() -> None:
+    """Build (never open) one connection of each kind, here, at import.
+
+    redis-py does part of its set-up the first time a connection object is
+    made, in whichever thread makes it: from 7.0 on, each connection looks up
+    redis-py's own version for ``CLIENT SETINFO`` with
+    ``importlib.metadata.version()``, and Python 3.12 and later import that
+    module's parts (``_adapters``, ``_text``, the email parser) only then.
+    Made first in the shipper thread, those are imports that a fork
+    (gunicorn --preload, Celery prefork) can catch half-done, leaving the
+    child without Redis for good.  Run once here, by the thread that imports
+    the library, whatever a constructor loads is loaded before any fork,
+    whichever names a Python or redis-py release gives it.
+    """
+    for kind in (redis.Connection, redis.SSLConnection, redis.UnixDomainSocketConnection):
+        with contextlib.suppress(redis.RedisError):  # e.g. a Python built without ssl
+            kind()
+
+
+_run_connection_constructors()
 
 
 class ConfigurationError(ValueError):
