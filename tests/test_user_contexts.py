@@ -81,7 +81,9 @@ def test_a_new_user_with_a_deleted_users_name_sees_none_of_the_old_records(
 
     assert history(new_carol) == []
     assert not redis_client.exists("stream:logs:User.carol")
-    assert contexts_in(redis_client, "stream:logs:global") == ["User.dave"]
+    # Records of other tests' handlers may still land in the global stream.
+    left = contexts_in(redis_client, "stream:logs:global")
+    assert "User.dave" in left and "User.carol" not in left
     assert contexts_in(redis_client, "stream:logs/dead-letter/audit") == ["User.dave"]
     assert redis_client.xlen("stream:logs:User.dave") == 1
 
@@ -96,7 +98,7 @@ def test_a_rename_deletes_the_old_names_stream(
         carol.save()
 
     assert not redis_client.exists("stream:logs:User.carol")
-    assert contexts_in(redis_client, "stream:logs:global") == ["User.carol"]  # still hers
+    assert "User.carol" in contexts_in(redis_client, "stream:logs:global")  # still hers
     assert history(django_user_model.objects.create_user("carol", password="y")) == []
 
 
@@ -123,7 +125,7 @@ def test_the_site_setting_turns_the_purge_off(
         carol.save()
         carol.delete()
     assert redis_client.xlen("stream:logs:User.carol") == 1
-    assert redis_client.xlen("stream:logs:global") == 1
+    assert contexts_in(redis_client, "stream:logs:global").count("User.carol") == 1
 
 
 def test_a_rolled_back_delete_purges_nothing(
@@ -196,6 +198,6 @@ def test_contexts_named_by_primary_key_agree_everywhere(
     with commit():
         carol.delete()
     assert not redis_client.exists(f"stream:logs:{own}")
-    assert redis_client.xlen("stream:logs:global") == 0
+    assert own not in contexts_in(redis_client, "stream:logs:global")
     with pytest.raises(ValueError, match="no primary key"):
         get_user_context(django_user_model(username="unsaved"))
