@@ -97,7 +97,8 @@ def test_manage_py_check_fails_on_errors(settings) -> None:
 @pytest.mark.parametrize(
     "key, value",
     [("STREAM_HISTORY", -1), ("STREAM_HISTORY", "100"), ("STREAM_HEARTBEAT", 0),
-     ("STREAM_MAX_AGE", True), ("CELERY", "yes")],
+     ("STREAM_MAX_AGE", True), ("CELERY", "yes"), ("STREAM_INBOX_BYTES", 0),
+     ("STREAM_WRITE_TIMEOUT", 0), ("STREAM_USER_LIMIT", -1)],
 )
 def test_a_bad_site_setting_is_e003_naming_it(settings, key, value) -> None:
     settings.REDIS_LOGSTREAM = {"CONNECTION": "default", key: value}

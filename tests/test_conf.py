@@ -192,6 +192,17 @@ def test_invalid_site_setting_raises_value_error_naming_the_option(settings):
         resolve_options()
 
 
+@pytest.mark.parametrize(
+    "key, value, says",
+    [("STREAM_HISTORY", -1, "an int >= 0"), ("STREAM_INBOX_BYTES", 1000, "an int >= 65536"),
+     ("STREAM_HEARTBEAT", 0, "a number of seconds > 0"), ("CELERY", 1, "a bool")],
+)
+def test_a_bad_site_only_setting_says_what_it_must_be(settings, key, value, says):
+    settings.REDIS_LOGSTREAM = {key: value}
+    with pytest.raises(ValueError, match=f"{key}'] must be {says}, not {value!r}"):
+        site_setting(key.lower())
+
+
 def test_invalid_value_raises_at_handler_construction():
     with pytest.raises(ValueError, match="overflow"):
         RedisLogHandler(url=UNREACHABLE, overflow="drop-all")

@@ -94,7 +94,7 @@ def test_a_viewer_that_keeps_up_takes_a_batch_larger_than_its_inbox():
 
 
 def test_a_viewer_that_falls_behind_is_told_and_its_response_ends(redis_client, settings):
-    limit(settings, stream_inbox_bytes=2000)
+    limit(settings, stream_inbox_bytes=64 * 1024)  # the smallest allowed
     response = Client().get(token_url("&history=0"))
     chunks = iter(response.streaming_content)
     events: list[Event] = []
@@ -103,9 +103,9 @@ def test_a_viewer_that_falls_behind_is_told_and_its_response_ends(redis_client, 
     hub = hubs.get_hub()
     (follower,) = hub.followers.values()
     (subscription,) = follower.subscribers
-    add(redis_client, *("y" * 1000 for _ in range(3)))  # 3 KB while the viewer is not reading
+    add(redis_client, *("y" * 30_000 for _ in range(3)))  # 90 KB while the viewer is not reading
     wait_for(lambda: subscription.size > 0 or subscription.overflowed)
-    add(redis_client, *("y" * 1000 for _ in range(3)))  # 3 KB more: over 2,000 waiting
+    add(redis_client, *("y" * 30_000 for _ in range(3)))  # 90 KB more: over 64 KiB waiting
     wait_for(lambda: subscription.overflowed)
     assert subscription.size == 0  # let go at once, not when the response ends
     rest = [e for chunk in chunks for e in parse_events(chunk)]

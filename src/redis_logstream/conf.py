@@ -131,20 +131,28 @@ SITE_DEFAULTS: Mapping[str, Any] = {
 }
 
 
+#: Integer site settings whose smallest sensible value is above 0: an inbox
+#: smaller than one record of the largest size (``max_message_bytes``'
+#: default) would cut off every viewer of such records.
+SITE_MINIMUMS: Mapping[str, int] = {"stream_inbox_bytes": 64 * 1024}
+
+
 def site_setting(name: str) -> Any:
     """A site-only setting (see SITE_DEFAULTS), from settings or its default."""
     default = SITE_DEFAULTS[name]
     value = site_settings().get(name, default)
+    minimum = SITE_MINIMUMS.get(name, 0)
     if isinstance(default, bool):
-        valid = isinstance(value, bool)
+        valid, kind = isinstance(value, bool), "a bool"
     elif isinstance(default, float):  # seconds: an int will do, zero will not
         valid = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+        kind = "a number of seconds > 0"
     else:
-        valid = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        valid = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+        kind = f"an int >= {minimum}"
     if not valid:
-        kind = {bool: "bool", float: "number of seconds > 0", int: "int >= 0"}[type(default)]
         raise ValueError(
-            f"settings.REDIS_LOGSTREAM[{name.upper()!r}] must be a {kind}, not {value!r}."
+            f"settings.REDIS_LOGSTREAM[{name.upper()!r}] must be {kind}, not {value!r}."
         )
     return value
 
