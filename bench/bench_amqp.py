@@ -48,15 +48,17 @@ from timing import median_ratio
 MAX_EMIT_RATIO = 2.0
 NUMBER = re.compile(rb' in (\d+)\.00 ms"')
 #: Profile rows: label, file, function, and the caller to count it under (None: all).
-PARTS = (("shipper thread, all", "shipper.py", "_run", None),
-         ("encoder (JSON, routing key)", "amqp_sink.py", "__call__", None),
-         ("amqp.Message()", "basic_message.py", "__init__", None),
-         ("basic_publish, all", "channel.py", "_basic_publish", None),
-         ("  drain_events(0) per publish", "connection.py", "drain_events", "_basic_publish"),
-         ("  properties serialisation", "serialization.py", "_serialize_properties", None),
-         ("  frame packing + send", "method_framing.py", "_write_frame", None),
-         ("    sendall, one per message", "transport.py", "write", None),
-         ("confirm wait (drain_events)", "connection.py", "drain_events", "write"))
+PARTS = (
+    ("shipper thread, all", "shipper.py", "_run", None),
+    ("encoder (JSON, routing key)", "amqp_sink.py", "__call__", None),
+    ("amqp.Message()", "basic_message.py", "__init__", None),
+    ("basic_publish, all", "channel.py", "_basic_publish", None),
+    ("  drain_events(0) per publish", "connection.py", "drain_events", "_basic_publish"),
+    ("  properties serialisation", "serialization.py", "_serialize_properties", None),
+    ("  frame packing + send", "method_framing.py", "_write_frame", None),
+    ("    sendall, one per message", "transport.py", "write", None),
+    ("confirm wait (drain_events)", "connection.py", "drain_events", "write"),
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,8 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="emit and burst rounds")
     parser.add_argument("--url", default=DEFAULT_URL, help="the broker (%(default)s)")
     parser.add_argument("--profile", action="store_true", help="a burst under cProfile")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out",
-                        help="results go to <out>/amqp/results.json (default: bench/out)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "out",
+        help="results go to <out>/amqp/results.json (default: bench/out)",
+    )
     for internal in ("--child-exchange", "--pstats"):  # the --profile child
         parser.add_argument(internal, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -121,8 +127,13 @@ class Broker:
         """Consume the queue (no ack): the records' numbers, -1 where none."""
         found: list[int] = []
         count = self.count()
-        tag = self.channel.basic_consume(self.name, no_ack=True, callback=lambda message: (
-            found.append(int(m[1]) if (m := NUMBER.search(message.body)) else -1)))
+        tag = self.channel.basic_consume(
+            self.name,
+            no_ack=True,
+            callback=lambda message: found.append(
+                int(m[1]) if (m := NUMBER.search(message.body)) else -1
+            ),
+        )
         while len(found) < count:
             self.conn.drain_events(timeout=10)
         self.channel.basic_cancel(tag)
@@ -178,12 +189,19 @@ def burst_round(ours: AmqpLogHandler, broker: Broker, count: int) -> dict[str, A
         main_cpu = time.thread_time() - main_cpu
     beam = None if beam is None else ((beam_cpu() or 0.0) - beam) / count * 1e6
     numbers = broker.numbers()
-    return {"seconds": elapsed, "loop_seconds": loop, "records_per_s": count / elapsed,
-            "cpu_us": cpu / count * 1e6, "logging_thread_cpu_us": loop_cpu / count * 1e6,
-            "shipper_cpu_us": (cpu - main_cpu) / count * 1e6, "broker_cpu_us": beam,
-            "dropped": ours.stats()["dropped"] - dropped,
-            "missing": len(set(range(count)) - set(numbers)),
-            "duplicates": len(numbers) - len(set(numbers)), "in_order": numbers == sorted(numbers)}
+    return {
+        "seconds": elapsed,
+        "loop_seconds": loop,
+        "records_per_s": count / elapsed,
+        "cpu_us": cpu / count * 1e6,
+        "logging_thread_cpu_us": loop_cpu / count * 1e6,
+        "shipper_cpu_us": (cpu - main_cpu) / count * 1e6,
+        "broker_cpu_us": beam,
+        "dropped": ours.stats()["dropped"] - dropped,
+        "missing": len(set(range(count)) - set(numbers)),
+        "duplicates": len(numbers) - len(set(numbers)),
+        "in_order": numbers == sorted(numbers),
+    }
 
 
 def measure_burst(ours: AmqpLogHandler, broker: Broker, count: int, rounds: int) -> dict:
@@ -200,26 +218,38 @@ def measure_burst(ours: AmqpLogHandler, broker: Broker, count: int, rounds: int)
                 started = time.perf_counter()
                 numbered_records(logger, count)
                 base.append(time.perf_counter() - started)
-        print(f"  round {round_ + 1}: {r['records_per_s']:,.0f} records/s, {r['dropped']} "
-              f"dropped, {r['missing']} missing, {r['duplicates']} duplicates", flush=True)
+        print(
+            f"  round {round_ + 1}: {r['records_per_s']:,.0f} records/s, {r['dropped']} "
+            f"dropped, {r['missing']} missing, {r['duplicates']} duplicates",
+            flush=True,
+        )
     seconds = [r["seconds"] for r in mine]
-    return {"records": count, "rounds": mine, "format_only_seconds": base,
-            "loadavg_1min": [load, os.getloadavg()[0]],
-            "records_per_s": count / statistics.median(seconds),
-            "format_only_records_per_s": count / statistics.median(base),
-            "ratio_to_format_only": median_ratio(seconds, base),
-            "loop_ratio_to_format_only": median_ratio([r["loop_seconds"] for r in mine], base),
-            "round_ratios": [a / b for a, b in zip(seconds, base, strict=True)],
-            **{key: statistics.median(r[key] for r in mine) if mine[0][key] is not None else None
-               for key in ("cpu_us", "logging_thread_cpu_us", "shipper_cpu_us", "broker_cpu_us")},
-            **{key: sum(r[key] for r in mine) for key in ("dropped", "missing", "duplicates")},
-            "in_order": all(r["in_order"] for r in mine)}
+    return {
+        "records": count,
+        "rounds": mine,
+        "format_only_seconds": base,
+        "loadavg_1min": [load, os.getloadavg()[0]],
+        "records_per_s": count / statistics.median(seconds),
+        "format_only_records_per_s": count / statistics.median(base),
+        "ratio_to_format_only": median_ratio(seconds, base),
+        "loop_ratio_to_format_only": median_ratio([r["loop_seconds"] for r in mine], base),
+        "round_ratios": [a / b for a, b in zip(seconds, base, strict=True)],
+        **{
+            key: statistics.median(r[key] for r in mine) if mine[0][key] is not None else None
+            for key in ("cpu_us", "logging_thread_cpu_us", "shipper_cpu_us", "broker_cpu_us")
+        },
+        **{key: sum(r[key] for r in mine) for key in ("dropped", "missing", "duplicates")},
+        "in_order": all(r["in_order"] for r in mine),
+    }
 
 
 def profile_child(args: argparse.Namespace) -> int:
     """One burst, the shipper thread under cProfile (its stats to --pstats)."""
-    ours, profile, logger = amqp_handler(args.url, args.child_exchange), cProfile.Profile(), \
-        bench_logger()
+    ours, profile, logger = (
+        amqp_handler(args.url, args.child_exchange),
+        cProfile.Profile(),
+        bench_logger(),
+    )
     ours.shipper._run = lambda run=ours.shipper._run: profile.runcall(run)  # read at start
     with attached(logger, ours), log_context(CONTEXT):
         started = time.perf_counter()
@@ -234,18 +264,40 @@ def profile_child(args: argparse.Namespace) -> int:
 def run_profile(args: argparse.Namespace, broker: Broker, out: Path) -> dict[str, Any]:
     path, records = out / "shipper.pstats", min(args.records, 50_000)
     proc = subprocess.run(
-        [sys.executable, __file__, "--child-exchange", broker.name, "--url", args.url,
-         "--records", str(records), "--pstats", str(path)],
-        env=child_env(), capture_output=True, text=True, timeout=600, check=True)
+        [
+            sys.executable,
+            __file__,
+            "--child-exchange",
+            broker.name,
+            "--url",
+            args.url,
+            "--records",
+            str(records),
+            "--pstats",
+            str(path),
+        ],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     child, stats = json.loads(proc.stdout), pstats.Stats(str(path))
     broker.channel.queue_purge(broker.name)
-    parts = {label: sum(ct if caller is None else
-                        sum(c[3] for (_f, _l, n), c in callers.items() if n == caller)
-                        for (file, _l, name), (_cc, _nc, _tt, ct, callers) in stats.stats.items()
-                        if file.endswith(suffix) and name == func) / records * 1e6
-             for label, suffix, func, caller in PARTS}
-    print(f"\nshipper thread under cProfile, {records:,} records "
-          f"({records / child['seconds']:,.0f} records/s under the profiler), us/record:")
+    parts = {
+        label: sum(
+            ct if caller is None else sum(c[3] for (_f, _l, n), c in callers.items() if n == caller)
+            for (file, _l, name), (_cc, _nc, _tt, ct, callers) in stats.stats.items()
+            if file.endswith(suffix) and name == func
+        )
+        / records
+        * 1e6
+        for label, suffix, func, caller in PARTS
+    }
+    print(
+        f"\nshipper thread under cProfile, {records:,} records "
+        f"({records / child['seconds']:,.0f} records/s under the profiler), us/record:"
+    )
     print("\n".join(f"  {label:<32} {us:>6.1f}" for label, us in parts.items()))
     stats.sort_stats("tottime").print_stats(12)
     return {"records": records, "child": child, "us_per_record": parts, "pstats": str(path)}
@@ -255,39 +307,59 @@ def render_table(results: dict[str, Any]) -> str:
     wall, b, config = results["wall_clock"], results["burst"], results["config"]
     base_us, ours_us = wall["format-only"]["median"] * 1e6, wall["amqp"]["median"] * 1e6
     broker = "-" if b["broker_cpu_us"] is None else f"{b['broker_cpu_us']:.1f}"
-    head = (f"{'handler':<15} {'emit us':>7} {'x':>5} {'burst rec/s':>11} {'x':>5} "
-            f"{'loop x':>6} {'cpu us':>6} {'log thr':>7} {'shipper':>7} {'broker~':>7} "
-            f"{'drops':>5} {'missing':>7} {'dup':>3} {'order':>5}")
-    return "\n".join([
-        head, "-" * len(head), f"{'format-only':<15} {base_us:>7.1f} {1:>5.2f} "
-        f"{b['format_only_records_per_s']:>11,.0f} {1:>5.2f} {1:>6.2f}",
-        f"{'AmqpLogHandler':<15} {ours_us:>7.1f} {ours_us / base_us:>5.2f} "
-        f"{b['records_per_s']:>11,.0f} {b['ratio_to_format_only']:>5.2f} "
-        f"{b['loop_ratio_to_format_only']:>6.2f} {b['cpu_us']:>6.1f} "
-        f"{b['logging_thread_cpu_us']:>7.1f} {b['shipper_cpu_us']:>7.1f} {broker:>7} "
-        f"{b['dropped']:>5} {b['missing']:>7} {b['duplicates']:>3} "
-        f"{'yes' if b['in_order'] else 'NO':>5}", "",
-        f"emit us: wall-clock of {config['call']}, median of {config['rounds']} rounds of "
-        f"{config['emit_records']:,}; x: ratio to format-only.",
-        f"burst: {b['records']:,} records from one thread until all are in the bound queue, "
-        f"median of {config['rounds']} rounds; x: to the format-only loop; loop x: the "
-        "logging loop alone.", "cpu us: this process's CPU per record (log thr: the logging "
-        "loop's, shipper: the other threads'); broker~: beam.smp's, approximate (shared).",
-        "rec/s per round: " + ", ".join(f"{r['records_per_s']:,.0f}" for r in b["rounds"])
-        + "; x: " + ", ".join(f"{x:.2f}" for x in b["round_ratios"]) + " (1-min load "
-        + " -> ".join(f"{load:.2f}" for load in b["loadavg_1min"]) + ")."])
+    head = (
+        f"{'handler':<15} {'emit us':>7} {'x':>5} {'burst rec/s':>11} {'x':>5} "
+        f"{'loop x':>6} {'cpu us':>6} {'log thr':>7} {'shipper':>7} {'broker~':>7} "
+        f"{'drops':>5} {'missing':>7} {'dup':>3} {'order':>5}"
+    )
+    return "\n".join(
+        [
+            head,
+            "-" * len(head),
+            f"{'format-only':<15} {base_us:>7.1f} {1:>5.2f} "
+            f"{b['format_only_records_per_s']:>11,.0f} {1:>5.2f} {1:>6.2f}",
+            f"{'AmqpLogHandler':<15} {ours_us:>7.1f} {ours_us / base_us:>5.2f} "
+            f"{b['records_per_s']:>11,.0f} {b['ratio_to_format_only']:>5.2f} "
+            f"{b['loop_ratio_to_format_only']:>6.2f} {b['cpu_us']:>6.1f} "
+            f"{b['logging_thread_cpu_us']:>7.1f} {b['shipper_cpu_us']:>7.1f} {broker:>7} "
+            f"{b['dropped']:>5} {b['missing']:>7} {b['duplicates']:>3} "
+            f"{'yes' if b['in_order'] else 'NO':>5}",
+            "",
+            f"emit us: wall-clock of {config['call']}, median of {config['rounds']} rounds of "
+            f"{config['emit_records']:,}; x: ratio to format-only.",
+            f"burst: {b['records']:,} records from one thread until all are in the bound queue, "
+            f"median of {config['rounds']} rounds; x: to the format-only loop; loop x: the "
+            "logging loop alone.",
+            "cpu us: this process's CPU per record (log thr: the logging "
+            "loop's, shipper: the other threads'); broker~: beam.smp's, approximate (shared).",
+            "rec/s per round: "
+            + ", ".join(f"{r['records_per_s']:,.0f}" for r in b["rounds"])
+            + "; x: "
+            + ", ".join(f"{x:.2f}" for x in b["round_ratios"])
+            + " (1-min load "
+            + " -> ".join(f"{load:.2f}" for load in b["loadavg_1min"])
+            + ").",
+        ]
+    )
 
 
 def check_thresholds(results: dict[str, Any]) -> list[dict[str, Any]]:
     wall, b = results["wall_clock"], results["burst"]
     ratio = wall["amqp"]["median"] / wall["format-only"]["median"]
     bad = b["dropped"] + b["missing"] + b["duplicates"]
-    return [{"check": f"AmqpLogHandler emit wall-clock <= {MAX_EMIT_RATIO}x format-only",
-             "value": f"{ratio:.2f}x", "ok": ratio <= MAX_EMIT_RATIO},
-            {"check": "burst: every record in the queue exactly once, in order, none dropped",
-             "value": f"{b['dropped']} dropped, {b['missing']} missing, {b['duplicates']} "
-                      f"duplicates, {'in order' if b['in_order'] else 'OUT OF ORDER'}",
-             "ok": bad == 0 and b["in_order"]}]
+    return [
+        {
+            "check": f"AmqpLogHandler emit wall-clock <= {MAX_EMIT_RATIO}x format-only",
+            "value": f"{ratio:.2f}x",
+            "ok": ratio <= MAX_EMIT_RATIO,
+        },
+        {
+            "check": "burst: every record in the queue exactly once, in order, none dropped",
+            "value": f"{b['dropped']} dropped, {b['missing']} missing, {b['duplicates']} "
+            f"duplicates, {'in order' if b['in_order'] else 'OUT OF ORDER'}",
+            "ok": bad == 0 and b["in_order"],
+        },
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -301,9 +373,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     info.update(rabbitmq=broker.conn.server_properties.get("version"), py_amqp=amqp.__version__)
     print(f"RabbitMQ {info['rabbitmq']}, exchange and queue {broker.name}", flush=True)
-    config = {"quick": args.quick, "records": args.records, "rounds": args.rounds,
-              "emit_records": 5000 if args.quick else 20000, "queue_size": QUEUE_SIZE,
-              "call": CALL, "context": CONTEXT, "format": FORMAT, "url": args.url}
+    config = {
+        "quick": args.quick,
+        "records": args.records,
+        "rounds": args.rounds,
+        "emit_records": 5000 if args.quick else 20000,
+        "queue_size": QUEUE_SIZE,
+        "call": CALL,
+        "context": CONTEXT,
+        "format": FORMAT,
+        "url": args.url,
+    }
     results: dict[str, Any] = {"machine": info, "source": source, "config": config}
     ours = amqp_handler(args.url, broker.name)
     try:
@@ -320,17 +400,24 @@ def run(args: argparse.Namespace) -> int:
         finally:
             broker.delete()
     source["changed_during_run"] = source_revision()["fingerprint"] != source["fingerprint"]
-    results.update(checks=check_thresholds(results), table=render_table(results),
-                   seconds=round(time.monotonic() - started, 1))
-    versions = (f"Python {info['python']}, py-amqp {info['py_amqp']}, RabbitMQ {info['rabbitmq']}, "
-                f"{info['nproc']} x {info['cpu']}")
+    results.update(
+        checks=check_thresholds(results),
+        table=render_table(results),
+        seconds=round(time.monotonic() - started, 1),
+    )
+    versions = (
+        f"Python {info['python']}, py-amqp {info['py_amqp']}, RabbitMQ {info['rabbitmq']}, "
+        f"{info['nproc']} x {info['cpu']}"
+    )
     return finish_run(results, out, versions)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return guarded(lambda: profile_child(args) if args.child_exchange else run(args),
-                   (RuntimeError, OSError, subprocess.SubprocessError, amqp.exceptions.AMQPError))
+    return guarded(
+        lambda: profile_child(args) if args.child_exchange else run(args),
+        (RuntimeError, OSError, subprocess.SubprocessError, amqp.exceptions.AMQPError),
+    )
 
 
 if __name__ == "__main__":

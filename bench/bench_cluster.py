@@ -87,18 +87,24 @@ TAIL_SECONDS = 10.0
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--processes", type=int, default=4, help="logging processes")
-    parser.add_argument("--records", type=int, default=20_000,
-                        help="burst records per process")
-    parser.add_argument("--rate", type=float, default=2000.0,
-                        help="paced records/s per process")
+    parser.add_argument("--records", type=int, default=20_000, help="burst records per process")
+    parser.add_argument("--rate", type=float, default=2000.0, help="paced records/s per process")
     parser.add_argument("--seconds", type=float, default=5.0, help="paced round length")
     parser.add_argument("--contexts", type=int, default=64, help="log contexts, round-robin")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per topology")
-    parser.add_argument("--sharded", action=argparse.BooleanOptionalAction, default=True,
-                        help="also the cluster with sharded_pubsub=True (default: yes)")
+    parser.add_argument(
+        "--sharded",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also the cluster with sharded_pubsub=True (default: yes)",
+    )
     parser.add_argument("--quick", action="store_true", help="5,000 records, 2 s, 1 round")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out",
-                        help="results go to <out>/cluster/results.json (default: bench/out)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "out",
+        help="results go to <out>/cluster/results.json (default: bench/out)",
+    )
     # Internal: a logging process.
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -106,8 +112,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.records, args.seconds, args.rounds = 5_000, 2.0, 1
-    if min(args.processes, args.records, args.contexts, args.rounds) < 1 or args.rate < 0 \
-            or args.seconds <= 0:
+    if (
+        min(args.processes, args.records, args.contexts, args.rounds) < 1
+        or args.rate < 0
+        or args.seconds <= 0
+    ):
         parser.error("--processes, --records, --contexts, --rounds and --seconds must be > 0")
     return args
 
@@ -115,8 +124,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class Topology:
     """What a round needs of one topology: its URL, a reader, every server's CPU."""
 
-    def __init__(self, name: str, url: str, reader: Any, nodes: list[redis.Redis],
-                 flush: Any, sharded: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        reader: Any,
+        nodes: list[redis.Redis],
+        flush: Any,
+        sharded: bool = False,
+    ) -> None:
         self.name, self.url, self.reader, self.nodes, self._flush = name, url, reader, nodes, flush
         self.sharded = sharded
         self.key = Names(hash_tags=name != "single").global_stream
@@ -129,8 +145,9 @@ class Topology:
     @classmethod
     def cluster(cls, servers: RedisClusterServers, sharded: bool = False) -> Topology:
         ports = [node.port for node in servers.nodes]
-        reader = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in ports],
-                              socket_timeout=10)
+        reader = RedisCluster(
+            startup_nodes=[ClusterNode("127.0.0.1", p) for p in ports], socket_timeout=10
+        )
         nodes = [redis.Redis(host="127.0.0.1", port=p, socket_timeout=10) for p in ports]
         url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
         name = "cluster+spub" if sharded else "cluster"
@@ -154,15 +171,19 @@ def run_round(topo: Topology, args: argparse.Namespace, paced: bool) -> dict[str
     per_process = round(args.rate * args.seconds) if paced else args.records
     expected = per_process * args.processes
     topo.flush()
-    children = [Child(topo.url, topo.sharded, k, per_process, args.rate if paced else 0.0,
-                      args.contexts) for k in range(args.processes)]
+    children = [
+        Child(topo.url, topo.sharded, k, per_process, args.rate if paced else 0.0, args.contexts)
+        for k in range(args.processes)
+    ]
     follower = None
     try:
         for child in children:
             ready = child.expect(60)
             if not ready["ready"] or ready["stream"] != topo.key:
-                raise RuntimeError(f"{topo.name}: a logging process could not warm up "
-                                   f"(or logs to {ready['stream']}, not {topo.key})")
+                raise RuntimeError(
+                    f"{topo.name}: a logging process could not warm up "
+                    f"(or logs to {ready['stream']}, not {topo.key})"
+                )
         if paced:
             follower = Follower(topo.reader, topo.key, expected)
             follower.start()
@@ -182,9 +203,13 @@ def run_round(topo: Topology, args: argparse.Namespace, paced: bool) -> dict[str
     first = min(d["first_emit"] for d in done)
     stats = [d["stats"] for d in done]
     round_: dict[str, Any] = {
-        "topology": topo.name, "kind": "paced" if paced else "burst",
-        "processes": args.processes, "records": expected, "stored": stored["records"],
-        "duplicates": stored["duplicates"], "missing": expected - stored["records"],
+        "topology": topo.name,
+        "kind": "paced" if paced else "burst",
+        "processes": args.processes,
+        "records": expected,
+        "stored": stored["records"],
+        "duplicates": stored["duplicates"],
+        "missing": expected - stored["records"],
         "seconds": round(stored["last_stored"] - first, 4),
         "records_per_s": round(stored["records"] / max(stored["last_stored"] - first, 1e-3)),
         "stored_latency": percentiles(stored.pop("stored_latency")),
@@ -192,14 +217,20 @@ def run_round(topo: Topology, args: argparse.Namespace, paced: bool) -> dict[str
         "logger_cpu_us_per_record": round(sum(d["cpu_s"] for d in done) / expected * 1e6, 2),
         "flushed": all(d["flushed"] for d in done),
         "max_late_ms": max(d["max_late_ms"] for d in done),
-        **{key: sum(s[key] for s in stats) for key in ("dropped", "failed", "errors", "retries",
-                                                       "batches")},
+        **{
+            key: sum(s[key] for s in stats)
+            for key in ("dropped", "failed", "errors", "retries", "batches")
+        },
         "last_error": next((s["last_error"] for s in stats if s["last_error"]), None),
         "loadavg_1min": round(os.getloadavg()[0], 2),
     }
     if follower is not None:
-        round_.update(read=len(follower.latencies), read_duplicates=follower.duplicates,
-                      read_error=follower.error, latency=percentiles(follower.latencies))
+        round_.update(
+            read=len(follower.latencies),
+            read_duplicates=follower.duplicates,
+            read_error=follower.error,
+            latency=percentiles(follower.latencies),
+        )
         round_["missing"] = max(round_["missing"], expected - len(follower.latencies))
         round_["duplicates"] += follower.duplicates
     return round_
@@ -231,9 +262,11 @@ def summary(rounds: list[dict[str, Any]], name: str) -> dict[str, Any]:
 
 
 def render_table(results: dict[str, Any]) -> str:
-    header = (f"{'topology':<12} {'procs':>5} {'burst rec/s':>11} {'(rounds)':<26} "
-              f"{'redis us/rec':>12} {'paced p50 ms':>12} {'p99 ms':>7} {'max ms':>7} "
-              f"{'dropped':>7} {'missing':>7} {'errors':>6}")
+    header = (
+        f"{'topology':<12} {'procs':>5} {'burst rec/s':>11} {'(rounds)':<26} "
+        f"{'redis us/rec':>12} {'paced p50 ms':>12} {'p99 ms':>7} {'max ms':>7} "
+        f"{'dropped':>7} {'missing':>7} {'errors':>6}"
+    )
     lines = [header, "-" * len(header)]
     config = results["config"]
     for name, s in results["summary"].items():
@@ -242,7 +275,8 @@ def render_table(results: dict[str, Any]) -> str:
             f"{name:<12} {config['processes']:>5} {s['burst_records_per_s']:>11,.0f} "
             f"{'(' + spread + ')':<26} {s['redis_cpu_us_per_record']:>12.1f} "
             f"{s['paced_p50_ms']:>12.1f} {s['paced_p99_ms']:>7.1f} {s['paced_max_ms']:>7.1f} "
-            f"{s['dropped']:>7} {s['missing']:>7} {s['errors']:>6}")
+            f"{s['dropped']:>7} {s['missing']:>7} {s['errors']:>6}"
+        )
     single = results["summary"]["single"]
     lines += [
         "",
@@ -252,12 +286,15 @@ def render_table(results: dict[str, Any]) -> str:
     ]
     for name, s in results["summary"].items():
         cpu = s["redis_cpu_us_per_record"] + s["logger_cpu_us_per_record"]
-        ratios = ", ".join(f"{c / b:.2f}" for b, c in zip(single["burst_rounds"],
-                                                          s["burst_rounds"], strict=True))
-        lines.append(f"  {name}: burst stored - logged p99 (queueing) "
-                     f"{s['burst_stored_p99_ms']:.0f} ms; x single per round: {ratios}; "
-                     f"logger CPU {s['logger_cpu_us_per_record']:.1f} us/rec; cores busy "
-                     f"{s['burst_records_per_s'] * cpu / 1e6:.2f} (rec/s x redis+logger CPU).")
+        ratios = ", ".join(
+            f"{c / b:.2f}" for b, c in zip(single["burst_rounds"], s["burst_rounds"], strict=True)
+        )
+        lines.append(
+            f"  {name}: burst stored - logged p99 (queueing) "
+            f"{s['burst_stored_p99_ms']:.0f} ms; x single per round: {ratios}; "
+            f"logger CPU {s['logger_cpu_us_per_record']:.1f} us/rec; cores busy "
+            f"{s['burst_records_per_s'] * cpu / 1e6:.2f} (rec/s x redis+logger CPU)."
+        )
     lines += [
         f"paced: {config['processes']} x {config['rate']:g} records/s for "
         f"{config['seconds']:g} s, read back with XREAD BLOCK; p50/p99 medians of the rounds, "
@@ -271,19 +308,33 @@ def render_table(results: dict[str, Any]) -> str:
 def check_thresholds(results: dict[str, Any]) -> list[dict[str, Any]]:
     single, cluster = results["summary"]["single"], results["summary"]["cluster"]
     ratio = cluster["burst_records_per_s"] / single["burst_records_per_s"]
-    checks = [{"check": f"cluster burst records/s >= {MIN_CLUSTER_RATIO}x single node "
-                        "(medians, same run)",
-               "value": f"{ratio:.2f}x", "ok": ratio >= MIN_CLUSTER_RATIO}]
+    checks = [
+        {
+            "check": f"cluster burst records/s >= {MIN_CLUSTER_RATIO}x single node "
+            "(medians, same run)",
+            "value": f"{ratio:.2f}x",
+            "ok": ratio >= MIN_CLUSTER_RATIO,
+        }
+    ]
     cpu = cluster["logger_cpu_us_per_record"] / single["logger_cpu_us_per_record"]
-    checks.append({"check": f"cluster loggers' CPU per record <= {MAX_CLUSTER_CPU_RATIO}x "
-                            "single node (medians, same run)",
-                   "value": f"{cpu:.2f}x", "ok": cpu <= MAX_CLUSTER_CPU_RATIO})
+    checks.append(
+        {
+            "check": f"cluster loggers' CPU per record <= {MAX_CLUSTER_CPU_RATIO}x "
+            "single node (medians, same run)",
+            "value": f"{cpu:.2f}x",
+            "ok": cpu <= MAX_CLUSTER_CPU_RATIO,
+        }
+    )
     for name, s in results["summary"].items():
         lost = s["missing"] + s["duplicates"] + s["dropped"] + s["failed"]
-        checks.append({"check": f"{name}: every record arrived once, none dropped or failed",
-                       "value": f"{s['missing']} missing, {s['duplicates']} duplicates, "
-                                f"{s['dropped']} dropped, {s['failed']} failed",
-                       "ok": lost == 0})
+        checks.append(
+            {
+                "check": f"{name}: every record arrived once, none dropped or failed",
+                "value": f"{s['missing']} missing, {s['duplicates']} duplicates, "
+                f"{s['dropped']} dropped, {s['failed']} failed",
+                "ok": lost == 0,
+            }
+        )
     return checks
 
 
@@ -304,19 +355,27 @@ def run(args: argparse.Namespace) -> int:
             topologies.append(Topology.cluster(cluster, sharded=True))
         info = machine()
         info["redis_server"] = server.version()
-        print(f"redis-server {info['redis_server']}: single on port {server.port}, cluster on "
-              f"{', '.join(str(n.port) for n in cluster.nodes)}; {info['nproc']} x "
-              f"{info['cpu']}", flush=True)
+        print(
+            f"redis-server {info['redis_server']}: single on port {server.port}, cluster on "
+            f"{', '.join(str(n.port) for n in cluster.nodes)}; {info['nproc']} x "
+            f"{info['cpu']}",
+            flush=True,
+        )
         for number in range(args.rounds):
             for topo in topologies:
                 for paced in (False, True):
                     r = run_round(topo, args, paced)
                     rounds.append(r)
-                    figure = (f"p50 {r['latency']['p50_ms']} ms, p99 {r['latency']['p99_ms']} ms"
-                              if paced else f"{r['records_per_s']:,} records/s")
-                    print(f"round {number + 1} {topo.name:<12} {r['kind']}: {figure}, "
-                          f"{r['stored']}/{r['records']} stored, {r['dropped']} dropped",
-                          flush=True)
+                    figure = (
+                        f"p50 {r['latency']['p50_ms']} ms, p99 {r['latency']['p99_ms']} ms"
+                        if paced
+                        else f"{r['records_per_s']:,} records/s"
+                    )
+                    print(
+                        f"round {number + 1} {topo.name:<12} {r['kind']}: {figure}, "
+                        f"{r['stored']}/{r['records']} stored, {r['dropped']} dropped",
+                        flush=True,
+                    )
     finally:
         for topo in topologies:
             topo.close()
@@ -326,9 +385,19 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {
         "machine": info,
         "source": source,
-        "config": {key: getattr(args, key) for key in ("processes", "records", "rate",
-                                                       "seconds", "contexts", "rounds",
-                                                       "sharded", "quick")},
+        "config": {
+            key: getattr(args, key)
+            for key in (
+                "processes",
+                "records",
+                "rate",
+                "seconds",
+                "contexts",
+                "rounds",
+                "sharded",
+                "quick",
+            )
+        },
         "rounds": rounds,
     }
     source["changed_during_run"] = source_revision()["fingerprint"] != source["fingerprint"]
@@ -343,10 +412,12 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
-        return child_main(args.url, args.index, args.records, args.rate, args.contexts,
-                          args.sharded)
-    return guarded(lambda: run(args),
-                   (RuntimeError, OSError, subprocess.SubprocessError, redis.RedisError))
+        return child_main(
+            args.url, args.index, args.records, args.rate, args.contexts, args.sharded
+        )
+    return guarded(
+        lambda: run(args), (RuntimeError, OSError, subprocess.SubprocessError, redis.RedisError)
+    )
 
 
 if __name__ == "__main__":

@@ -82,11 +82,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=200_000, help="records in the stream")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per configuration")
-    parser.add_argument("--profile", action="store_true",
-                        help="one more round of one consumer under cProfile")
+    parser.add_argument(
+        "--profile", action="store_true", help="one more round of one consumer under cProfile"
+    )
     parser.add_argument("--quick", action="store_true", help="20,000 records, 1 round")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out",
-                        help="results go to <out>/consumer/results.json (default: bench/out)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "out",
+        help="results go to <out>/consumer/results.json (default: bench/out)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # internal:
     for internal in ("--url", "--group", "--name", "--batch", "--pstats"):  # one consumer
         parser.add_argument(internal, help=argparse.SUPPRESS)
@@ -101,9 +106,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def child_main(args: argparse.Namespace) -> int:
     """One consumer: build it, say ready, start at ``go``, run until ``stop``."""
     client, names = consumer_client(None, args.url, None, 200)
-    worker = Consumer(lambda entry: None, client=client, names=names,
-                      streams=[names.stream(CONTEXT)], group=args.group, consumer=args.name,
-                      start="0", batch=int(args.batch), block_ms=200)
+    worker = Consumer(
+        lambda entry: None,
+        client=client,
+        names=names,
+        streams=[names.stream(CONTEXT)],
+        group=args.group,
+        consumer=args.name,
+        start="0",
+        batch=int(args.batch),
+        block_ms=200,
+    )
     client.ping()
     print(json.dumps({"ready": True}), flush=True)
     start = float(sys.stdin.readline().split()[1])
@@ -120,8 +133,9 @@ def child_main(args: argparse.Namespace) -> int:
     cpu = time.process_time() - cpu
     if profile is not None:
         profile.dump_stats(args.pstats)
-    print(json.dumps({"status": status, "cpu_s": round(cpu, 4), "stats": worker.stats()}),
-          flush=True)
+    print(
+        json.dumps({"status": status, "cpu_s": round(cpu, 4), "stats": worker.stats()}), flush=True
+    )
     return 0
 
 
@@ -130,9 +144,26 @@ class Child:
 
     def __init__(self, url: str, group: str, name: str, batch: int, profile_to: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--child", "--url", url, "--group",
-             group, "--name", name, "--batch", str(batch), "--pstats", profile_to],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_env(), text=True)
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--child",
+                "--url",
+                url,
+                "--group",
+                group,
+                "--name",
+                name,
+                "--batch",
+                str(batch),
+                "--pstats",
+                profile_to,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=child_env(),
+            text=True,
+        )
 
     def expect(self, timeout: float) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -162,8 +193,15 @@ def fill(client: redis.Redis, key: str, records: int) -> int:
     pipe = client.pipeline(transaction=False)
     for i in range(records):
         message = f"GET /api/orders/{i} 200 in {i % 997 * 0.37:.2f} ms user=u{i % 89}"
-        _route, data = encode((message, LEVELS[i % len(LEVELS)], now - (records - i) * 1e-4,
-                               LOGGERS[i % len(LOGGERS)], CONTEXT))
+        _route, data = encode(
+            (
+                message,
+                LEVELS[i % len(LEVELS)],
+                now - (records - i) * 1e-4,
+                LOGGERS[i % len(LOGGERS)],
+                CONTEXT,
+            )
+        )
         size += len(data)
         pipe.xadd(key, {"data": data})
         if len(pipe) >= 2_000:
@@ -176,8 +214,15 @@ def group_info(client: redis.Redis, key: str, group: str) -> dict[str, Any]:
     return next((g for g in client.xinfo_groups(key) if g["name"] == group), {})
 
 
-def run_round(server: PrivateRedis, key: str, label: str, consumers: int, batch: int,
-              number: int, profile_to: str = "") -> dict[str, Any]:
+def run_round(
+    server: PrivateRedis,
+    key: str,
+    label: str,
+    consumers: int,
+    batch: int,
+    number: int,
+    profile_to: str = "",
+) -> dict[str, Any]:
     """A fresh group over the filled stream; the consumers drain it; the raw figures."""
     client, records = server.client, server.client.xlen(key)
     group = f"bench-{number}-{consumers}x{batch}"
@@ -209,18 +254,30 @@ def run_round(server: PrivateRedis, key: str, label: str, consumers: int, batch:
     client.xgroup_destroy(key, group)
     stats = [d["stats"] for d in done]
     handled = [s["handled"] for s in stats]
-    faults = sum(s[k] for s in stats for k in ("nacked", "dropped", "claimed", "missed",
-                                                 "skipped", "dead_lettered"))
+    faults = sum(
+        s[k]
+        for s in stats
+        for k in ("nacked", "dropped", "claimed", "missed", "skipped", "dead_lettered")
+    )
     faults += sum(d["status"] != 0 for d in done) + sum(s["acked"] != s["handled"] for s in stats)
     seconds = end - start
     return {
-        "config": f"{label} batch {batch}", "consumers": consumers, "batch": batch,
-        "records": records, "seconds": round(seconds, 4),
-        "records_per_s": round(records / seconds), "handled": handled,
-        "missing": max(0, records - sum(handled)), "duplicates": max(0, sum(handled) - records),
+        "config": f"{label} batch {batch}",
+        "consumers": consumers,
+        "batch": batch,
+        "records": records,
+        "seconds": round(seconds, 4),
+        "records_per_s": round(records / seconds),
+        "handled": handled,
+        "missing": max(0, records - sum(handled)),
+        "duplicates": max(0, sum(handled) - records),
         "faults": faults,
-        "group_ok": (info.get("entries-read") == records and info.get("lag") == 0
-                     and info.get("pending") == 0 and info.get("last-delivered-id") == last),
+        "group_ok": (
+            info.get("entries-read") == records
+            and info.get("lag") == 0
+            and info.get("pending") == 0
+            and info.get("last-delivered-id") == last
+        ),
         "consumer_cpu_us_per_record": round(sum(d["cpu_s"] for d in done) / records * 1e6, 2),
         "redis_cpu_us_per_record": round(cpu / records * 1e6, 2),
         "loadavg_1min": round(os.getloadavg()[0], 2),
@@ -232,11 +289,14 @@ def summary(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for label, consumers, batch in CONFIGS:
         mine = [r for r in rounds if r["consumers"] == consumers and r["batch"] == batch]
         found[f"{label} batch {batch}"] = {
-            "consumers": consumers, "batch": batch,
+            "consumers": consumers,
+            "batch": batch,
             "records_per_s": statistics.median(r["records_per_s"] for r in mine),
             "rounds": [r["records_per_s"] for r in mine],
-            **{k: statistics.median(r[k] for r in mine)
-               for k in ("consumer_cpu_us_per_record", "redis_cpu_us_per_record")},
+            **{
+                k: statistics.median(r[k] for r in mine)
+                for k in ("consumer_cpu_us_per_record", "redis_cpu_us_per_record")
+            },
             "split": "/".join(f"{h / r['records']:.0%}" for r in mine[:1] for h in r["handled"]),
             "missing": sum(r["missing"] for r in mine),
             "duplicates": sum(r["duplicates"] for r in mine),
@@ -247,36 +307,56 @@ def summary(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def render_table(results: dict[str, Any]) -> str:
-    header = (f"{'configuration':<24} {'rec/s':>8} {'(rounds)':<22} {'consumer us/rec':>15} "
-              f"{'redis us/rec':>12} {'cores':>5} {'split':>9} {'missing':>7} {'dup':>4}")
+    header = (
+        f"{'configuration':<24} {'rec/s':>8} {'(rounds)':<22} {'consumer us/rec':>15} "
+        f"{'redis us/rec':>12} {'cores':>5} {'split':>9} {'missing':>7} {'dup':>4}"
+    )
     lines = [header, "-" * len(header)]
     for name, s in results["summary"].items():
         spread = "/".join(f"{v / 1000:.1f}k" for v in s["rounds"])
-        cores = s["records_per_s"] * (s["consumer_cpu_us_per_record"]
-                                      + s["redis_cpu_us_per_record"]) / 1e6
-        lines.append(f"{name:<24} {s['records_per_s']:>8,.0f} {'(' + spread + ')':<22} "
-                     f"{s['consumer_cpu_us_per_record']:>15.1f} "
-                     f"{s['redis_cpu_us_per_record']:>12.1f} {cores:>5.2f} {s['split']:>9} "
-                     f"{s['missing']:>7} {s['duplicates']:>4}")
+        cores = (
+            s["records_per_s"]
+            * (s["consumer_cpu_us_per_record"] + s["redis_cpu_us_per_record"])
+            / 1e6
+        )
+        lines.append(
+            f"{name:<24} {s['records_per_s']:>8,.0f} {'(' + spread + ')':<22} "
+            f"{s['consumer_cpu_us_per_record']:>15.1f} "
+            f"{s['redis_cpu_us_per_record']:>12.1f} {cores:>5.2f} {s['split']:>9} "
+            f"{s['missing']:>7} {s['duplicates']:>4}"
+        )
     config = results["config"]
-    lines += ["", f"{config['records']:,} records ({config['record_bytes']} bytes of JSON "
-              f"each) in one stream, a fresh group per round, no-op callback, acks pipelined "
-              f"with the next read; median of {config['rounds']} interleaved rounds.",
-              "consumer us/rec: CPU of all consumer processes per record; cores: rec/s x "
-              "(consumer + redis CPU); split: each consumer's share (first round)."]
+    lines += [
+        "",
+        f"{config['records']:,} records ({config['record_bytes']} bytes of JSON "
+        f"each) in one stream, a fresh group per round, no-op callback, acks pipelined "
+        f"with the next read; median of {config['rounds']} interleaved rounds.",
+        "consumer us/rec: CPU of all consumer processes per record; cores: rec/s x "
+        "(consumer + redis CPU); split: each consumer's share (first round).",
+    ]
     return "\n".join(lines)
 
 
 def check_thresholds(results: dict[str, Any]) -> list[dict[str, Any]]:
     one = results["summary"]["1 consumer batch 100"]["records_per_s"]
-    checks = [{"check": f"one consumer (batch 100) median >= {MIN_RECORDS_PER_S:,} records/s",
-               "value": f"{one:,.0f}", "ok": one >= MIN_RECORDS_PER_S}]
+    checks = [
+        {
+            "check": f"one consumer (batch 100) median >= {MIN_RECORDS_PER_S:,} records/s",
+            "value": f"{one:,.0f}",
+            "ok": one >= MIN_RECORDS_PER_S,
+        }
+    ]
     for name, s in results["summary"].items():
         bad = s["missing"] + s["duplicates"] + s["faults"]
-        checks.append({"check": f"{name}: every record delivered and acknowledged once",
-                       "value": f"{s['missing']} missing, {s['duplicates']} duplicates, "
-                                f"{s['faults']} faults, group {'ok' if s['group_ok'] else 'NOT'}"
-                                " drained", "ok": bad == 0 and s["group_ok"]})
+        checks.append(
+            {
+                "check": f"{name}: every record delivered and acknowledged once",
+                "value": f"{s['missing']} missing, {s['duplicates']} duplicates, "
+                f"{s['faults']} faults, group {'ok' if s['group_ok'] else 'NOT'}"
+                " drained",
+                "ok": bad == 0 and s["group_ok"],
+            }
+        )
     return checks
 
 
@@ -292,39 +372,57 @@ def run(args: argparse.Namespace) -> int:
         server = PrivateRedis()
         info = machine()
         info["redis_server"] = server.version()
-        print(f"redis-server {info['redis_server']} on port {server.port}; {info['nproc']} x "
-              f"{info['cpu']}", flush=True)
+        print(
+            f"redis-server {info['redis_server']} on port {server.port}; {info['nproc']} x "
+            f"{info['cpu']}",
+            flush=True,
+        )
         filling = time.monotonic()
         record_bytes = fill(redis.Redis(host="127.0.0.1", port=server.port), key, args.records)
-        print(f"filled {key} with {args.records:,} records in "
-              f"{time.monotonic() - filling:.1f} s", flush=True)
+        print(
+            f"filled {key} with {args.records:,} records in {time.monotonic() - filling:.1f} s",
+            flush=True,
+        )
         for number in range(args.rounds):
             for label, consumers, batch in CONFIGS:
                 r = run_round(server, key, label, consumers, batch, number)
                 rounds.append(r)
-                print(f"round {number + 1} {r['config']:<24} {r['records_per_s']:>8,} records/s"
-                      f" in {r['seconds']:.2f} s, handled {r['handled']}", flush=True)
+                print(
+                    f"round {number + 1} {r['config']:<24} {r['records_per_s']:>8,} records/s"
+                    f" in {r['seconds']:.2f} s, handled {r['handled']}",
+                    flush=True,
+                )
         if args.profile:  # one more round, under cProfile, out of the medians
             r = run_round(server, key, "1 consumer", 1, 100, 99, str(out / "profile.pstats"))
-            print(f"\nunder cProfile: {r['records_per_s']:,} records/s, "
-                  f"{r['consumer_cpu_us_per_record']} us CPU/record; top functions by own time:")
+            print(
+                f"\nunder cProfile: {r['records_per_s']:,} records/s, "
+                f"{r['consumer_cpu_us_per_record']} us CPU/record; top functions by own time:"
+            )
             pstats.Stats(str(out / "profile.pstats")).sort_stats("tottime").print_stats(18)
     finally:
         if server is not None:
             server.stop()
     source["changed_during_run"] = source_revision()["fingerprint"] != source["fingerprint"]
     results: dict[str, Any] = {
-        "machine": info, "source": source,
-        "config": {"records": args.records, "rounds": args.rounds, "quick": args.quick,
-                   "record_bytes": record_bytes, "block_ms": 200, "stream": key},
+        "machine": info,
+        "source": source,
+        "config": {
+            "records": args.records,
+            "rounds": args.rounds,
+            "quick": args.quick,
+            "record_bytes": record_bytes,
+            "block_ms": 200,
+            "stream": key,
+        },
         "rounds": rounds,
     }
     results["summary"] = summary(rounds)
     results["checks"] = check_thresholds(results)
     results["table"] = render_table(results)
     results["seconds"] = round(time.monotonic() - started, 1)
-    versions = (f"Python {info['python']}, redis-py {info['redis_py']}, "
-                f"{info['nproc']} x {info['cpu']}")
+    versions = (
+        f"Python {info['python']}, redis-py {info['redis_py']}, {info['nproc']} x {info['cpu']}"
+    )
     return finish_run(results, out, versions)
 
 
@@ -332,8 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return child_main(args)
-    return guarded(lambda: run(args),
-                   (RuntimeError, OSError, subprocess.SubprocessError, redis.RedisError))
+    return guarded(
+        lambda: run(args), (RuntimeError, OSError, subprocess.SubprocessError, redis.RedisError)
+    )
 
 
 if __name__ == "__main__":

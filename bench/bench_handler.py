@@ -83,11 +83,18 @@ from timing import idle_child_main, measure_burst, measure_idle, measure_wall_cl
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer records and rounds")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out",
-                        help="results.json, callgrind files (default: bench/out)")
-    parser.add_argument("--chart", type=Path, default=None,
-                        help="chart path (default: docs/benchmark.png, <out>/benchmark.png "
-                             "with --quick)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "out",
+        help="results.json, callgrind files (default: bench/out)",
+    )
+    parser.add_argument(
+        "--chart",
+        type=Path,
+        default=None,
+        help="chart path (default: docs/benchmark.png, <out>/benchmark.png with --quick)",
+    )
     parser.add_argument("--skip-callgrind", action="store_true", help=argparse.SUPPRESS)
     # Internal: the processes the benchmark runs as children of itself.
     parser.add_argument("--child", choices=HANDLERS, help=argparse.SUPPRESS)
@@ -127,11 +134,17 @@ def run(args: argparse.Namespace) -> int:
     server = PrivateRedis()
     subjects: dict[str, Subject] = {}
     try:
-        results: dict[str, Any] = {"machine": machine(), "config": config,
-                                   "source": source_revision()}
+        results: dict[str, Any] = {
+            "machine": machine(),
+            "config": config,
+            "source": source_revision(),
+        }
         results["machine"]["redis_server"] = server.version()
-        print(f"redis-server {results['machine']['redis_server']} on port {server.port} "
-              f"(pid {server.proc.pid if server.proc else '?'})", flush=True)
+        print(
+            f"redis-server {results['machine']['redis_server']} on port {server.port} "
+            f"(pid {server.proc.pid if server.proc else '?'})",
+            flush=True,
+        )
 
         print("A. instructions per record (callgrind)", flush=True)
         short, long = config["callgrind_records"]
@@ -140,18 +153,24 @@ def run(args: argparse.Namespace) -> int:
             results["instructions"] = previous["instructions"]
         else:
             results["instructions"] = measure_instructions(
-                server, short, long, config["warmup"], out)
+                server, short, long, config["warmup"], out
+            )
 
         subjects = {name: Subject(name, server.url) for name in HANDLERS}
         for subject in subjects.values():
             subject.start()
         print("B. emit wall-clock", flush=True)
         results["wall_clock"] = measure_wall_clock(
-            subjects, config["wall_records"], config["wall_rounds"])
+            subjects, config["wall_records"], config["wall_rounds"]
+        )
         print("C. burst", flush=True)
         results["burst"] = measure_burst(
-            subjects, server, config["burst_records"], config["burst_naive_records"],
-            config["burst_rounds"])
+            subjects,
+            server,
+            config["burst_records"],
+            config["burst_naive_records"],
+            config["burst_rounds"],
+        )
         results["ours_stats"] = subjects["ours"].stats()
         for subject in subjects.values():
             subject.close()

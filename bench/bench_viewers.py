@@ -98,14 +98,21 @@ BUSY_MACHINE = 25.0
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--viewers", type=int, default=200, help="clients of the full round")
-    parser.add_argument("--small-viewers", type=int, default=10,
-                        help="clients of the small round, at most 10 s (the Redis "
-                             "connections baseline)")
+    parser.add_argument(
+        "--small-viewers",
+        type=int,
+        default=10,
+        help="clients of the small round, at most 10 s (the Redis connections baseline)",
+    )
     parser.add_argument("--rate", type=float, default=200.0, help="records per second")
     parser.add_argument("--seconds", type=float, default=30.0, help="seconds of logging")
     parser.add_argument("--quick", action="store_true", help="20 viewers, 5 s")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out",
-                        help="where viewers.json goes (default: bench/out)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "out",
+        help="where viewers.json goes (default: bench/out)",
+    )
     # Internal: the processes the benchmark runs as children of itself.
     parser.add_argument("--clients-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--logger-child", action="store_true", help=argparse.SUPPRESS)
@@ -132,8 +139,9 @@ def stream_path(context: str) -> str:
     return "/logs/stream/?" + urlencode({"token": token, "history": "0"})
 
 
-def run_round(viewers: int, args: argparse.Namespace, server: PrivateRedis,
-              monitor: redis.Redis, work: Path) -> dict[str, Any]:
+def run_round(
+    viewers: int, args: argparse.Namespace, server: PrivateRedis, monitor: redis.Redis, work: Path
+) -> dict[str, Any]:
     """One site, ``viewers`` clients, one logging window; the raw figures."""
     context = f"bench.viewers.{viewers}"
     seconds = args.seconds if viewers == args.viewers else min(args.seconds, 10.0)
@@ -146,25 +154,49 @@ def run_round(viewers: int, args: argparse.Namespace, server: PrivateRedis,
     try:
         site.start()
         idle = redis_connections(monitor)
-        clients = Child("--clients-child", "--port", str(site.port), "--path",
-                        stream_path(context), "--viewers", str(viewers), "--rate", str(args.rate),
-                        "--result", str(work / f"clients-{viewers}.json"))
+        clients = Child(
+            "--clients-child",
+            "--port",
+            str(site.port),
+            "--path",
+            stream_path(context),
+            "--viewers",
+            str(viewers),
+            "--rate",
+            str(args.rate),
+            "--result",
+            str(work / f"clients-{viewers}.json"),
+        )
         children.append(clients)
         ready = clients.expect("ready", timeout=90)
-        print(f"  {ready['ready']}/{viewers} viewers ready in {ready['seconds']} s "
-              f"(uvicorn pid {site.pid}, port {site.port})", flush=True)
+        print(
+            f"  {ready['ready']}/{viewers} viewers ready in {ready['seconds']} s "
+            f"(uvicorn pid {site.pid}, port {site.port})",
+            flush=True,
+        )
         time.sleep(0.5)  # let the last subscriptions settle
         before_logging = redis_connections(monitor)
         ready_process = threads_and_memory(site.pid)
 
-        logger = Child("--logger-child", "--url", server.url, "--context", context,
-                       "--rate", str(args.rate), "--seconds", str(seconds),
-                       "--result", str(work / f"logger-{viewers}.json"))
+        logger = Child(
+            "--logger-child",
+            "--url",
+            server.url,
+            "--context",
+            context,
+            "--rate",
+            str(args.rate),
+            "--seconds",
+            str(seconds),
+            "--result",
+            str(work / f"logger-{viewers}.json"),
+        )
         children.append(logger)
         logger.expect("started", timeout=60)
         begin = time.monotonic()
-        meter = CpuMeter({"server": site.pid, "clients": clients.pid, "logger": logger.pid},
-                         monitor)
+        meter = CpuMeter(
+            {"server": site.pid, "clients": clients.pid, "logger": logger.pid}, monitor
+        )
         first = last = meter.read()
         last_at = time.monotonic()
         samples: list[dict[str, int]] = []
@@ -242,9 +274,17 @@ def delivery(round_: dict[str, Any]) -> dict[str, Any]:
         "unexpected": sum(client["unexpected"] for client in clients),
         "failed": sum(1 for client in clients if client["failed"]),
         "reconnects": sum(max(0, client["connects"] - 1) for client in clients),
-        "complete": sum(1 for client in clients if client["received"] == round_["records"]
-                        and not (client["missing"] or client["duplicates"]
-                                 or client["out_of_order"] or client["unexpected"])),
+        "complete": sum(
+            1
+            for client in clients
+            if client["received"] == round_["records"]
+            and not (
+                client["missing"]
+                or client["duplicates"]
+                or client["out_of_order"]
+                or client["unexpected"]
+            )
+        ),
     }
 
 
@@ -252,15 +292,22 @@ def check_thresholds(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     checks = []
     for round_ in rounds:
         n, got = round_["viewers"], delivery(round_)
-        checks.append({
-            "name": f"{n} viewers: every client got every record once, in order",
-            "ok": got["complete"] == n,
-            "value": f"{got['complete']}/{n} complete, {got['missing']} missing, "
-                     f"{got['duplicates']} duplicates, {got['out_of_order']} out of order",
-        })
+        checks.append(
+            {
+                "name": f"{n} viewers: every client got every record once, in order",
+                "ok": got["complete"] == n,
+                "value": f"{got['complete']}/{n} complete, {got['missing']} missing, "
+                f"{got['duplicates']} duplicates, {got['out_of_order']} out of order",
+            }
+        )
         p99 = round_["clients"]["latency"]["p99_ms"]
-        checks.append({"name": f"{n} viewers: p99 latency < {MAX_P99_MS:g} ms",
-                       "ok": p99 < MAX_P99_MS, "value": f"{p99} ms"})
+        checks.append(
+            {
+                "name": f"{n} viewers: p99 latency < {MAX_P99_MS:g} ms",
+                "ok": p99 < MAX_P99_MS,
+                "value": f"{p99} ms",
+            }
+        )
     # The backlog pool opens a connection per concurrent (re)connect, up to its
     # bound: 10 viewers connecting at once open 6 to 8 of them, as the server's
     # threads happen to overlap.  Counted at that bound, the comparison says
@@ -268,21 +315,25 @@ def check_thresholds(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     small, full = min(rounds, key=lambda r: r["viewers"]), max(rounds, key=lambda r: r["viewers"])
     few, many = small["connections"]["steady"], full["connections"]["steady"]
     allowed = max(few["total"], few["followers"] + few["other"] + BACKLOG_CONNECTIONS)
-    checks.append({
-        "name": f"Redis connections with {full['viewers']} viewers <= with {small['viewers']} "
-                f"(the backlog pool counted at its bound, {BACKLOG_CONNECTIONS})",
-        "ok": many["total"] <= allowed,
-        "value": f"{many['total']} vs {few['total']} (followers/backlog/other "
-                 f"{many['followers']}/{many['backlog']}/{many['other']} vs "
-                 f"{few['followers']}/{few['backlog']}/{few['other']})",
-    })
+    checks.append(
+        {
+            "name": f"Redis connections with {full['viewers']} viewers <= with {small['viewers']} "
+            f"(the backlog pool counted at its bound, {BACKLOG_CONNECTIONS})",
+            "ok": many["total"] <= allowed,
+            "value": f"{many['total']} vs {few['total']} (followers/backlog/other "
+            f"{many['followers']}/{many['backlog']}/{many['other']} vs "
+            f"{few['followers']}/{few['backlog']}/{few['other']})",
+        }
+    )
     return checks
 
 
 def render_table(rounds: list[dict[str, Any]]) -> str:
-    header = (f"{'viewers':>7} {'sent':>6} {'recv/client min-max':>19} {'miss/dup':>9} "
-              f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'server CPU':>10} "
-              f"{'redis conns tot/fol/bkl':>23}")
+    header = (
+        f"{'viewers':>7} {'sent':>6} {'recv/client min-max':>19} {'miss/dup':>9} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'server CPU':>10} "
+        f"{'redis conns tot/fol/bkl':>23}"
+    )
     lines = [header, "-" * len(header)]
     for r in rounds:
         got, lat, conns = delivery(r), r["clients"]["latency"], r["connections"]["steady"]
@@ -318,9 +369,11 @@ def round_notes(r: dict[str, Any]) -> list[str]:
         f"the last p50/p99 {spread['p50_ms']:.1f}/{spread['p99_ms']:.1f} ms",
         f"  clients' own loop lag "
         f"p99 {lag['p99_ms']:.1f} ms, max {lag['max_ms']:.1f} ms; worst seconds (p99 ms, other "
-        f"processes' CPU %): " + ", ".join(
-            f"#{i} {seconds[i]['p99_ms']:.0f}"
-            + (f" ({others[i]:.0f}%)" if i < len(others) else "") for i in worst),
+        f"processes' CPU %): "
+        + ", ".join(
+            f"#{i} {seconds[i]['p99_ms']:.0f}" + (f" ({others[i]:.0f}%)" if i < len(others) else "")
+            for i in worst
+        ),
         f"  server: {proc['threads']:.0f} threads, {proc['rss_mib']:.0f} MiB RSS; Redis "
         f"connections: {conns['followers']} follower, {conns['backlog']} backlog, "
         f"{conns['other']} other (idle site: {r['connections']['idle_site']['total']})",
@@ -332,20 +385,31 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     server = PrivateRedis()
-    monitor = redis.Redis(host=LOOPBACK, port=server.port, client_name=MONITOR_NAME,
-                          decode_responses=True)
+    monitor = redis.Redis(
+        host=LOOPBACK, port=server.port, client_name=MONITOR_NAME, decode_responses=True
+    )
     work = Path(tempfile.mkdtemp(prefix="redis-logstream-viewers-"))
     try:
         # Tokens are signed with the site's SECRET_KEY; nothing here may reach
         # another Redis even if Django's settings are read.
-        os.environ.update({"DJANGO_SETTINGS_MODULE": "testproject.settings",
-                           "REDIS_URL": server.url, "TESTPROJECT_DATA_DIR": str(work)})
+        os.environ.update(
+            {
+                "DJANGO_SETTINGS_MODULE": "testproject.settings",
+                "REDIS_URL": server.url,
+                "TESTPROJECT_DATA_DIR": str(work),
+            }
+        )
         sys.path[1:1] = [str(ROOT), str(ROOT / "src")]
         info = machine(monitor)
-        print(f"redis-server {info['redis_server']} on port {server.port}; uvicorn "
-              f"{info['uvicorn']}, Django {info['django']}, {info['nproc']} CPUs", flush=True)
-        rounds = [run_round(n, args, server, monitor, work)
-                  for n in sorted({args.small_viewers, args.viewers})]
+        print(
+            f"redis-server {info['redis_server']} on port {server.port}; uvicorn "
+            f"{info['uvicorn']}, Django {info['django']}, {info['nproc']} CPUs",
+            flush=True,
+        )
+        rounds = [
+            run_round(n, args, server, monitor, work)
+            for n in sorted({args.small_viewers, args.viewers})
+        ]
     finally:
         with contextlib.suppress(Exception):
             monitor.close()
@@ -353,10 +417,17 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(work, ignore_errors=True)
     results: dict[str, Any] = {
         "machine": info,
-        "config": {"viewers": args.viewers, "small_viewers": args.small_viewers,
-                   "rate": args.rate, "seconds": args.seconds, "quick": args.quick,
-                   "tail_seconds": TAIL_SECONDS, "max_p99_ms": MAX_P99_MS,
-                   "server": "uvicorn --workers 1 (DJANGO_DEBUG=0)", "history": 0},
+        "config": {
+            "viewers": args.viewers,
+            "small_viewers": args.small_viewers,
+            "rate": args.rate,
+            "seconds": args.seconds,
+            "quick": args.quick,
+            "tail_seconds": TAIL_SECONDS,
+            "max_p99_ms": MAX_P99_MS,
+            "server": "uvicorn --workers 1 (DJANGO_DEBUG=0)",
+            "history": 0,
+        },
         "rounds": rounds,
         "checks": check_thresholds(rounds),
         "table": render_table(rounds),
@@ -370,8 +441,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'ok  ' if check['ok'] else 'FAIL'} {check['name']}: {check['value']}")
     for r in rounds:
         if r["cpu_percent"]["others"] > BUSY_MACHINE:
-            print(f"note: other processes used {r['cpu_percent']['others']:.0f}% of a core "
-                  f"during the {r['viewers']}-viewer round; its latencies include their share")
+            print(
+                f"note: other processes used {r['cpu_percent']['others']:.0f}% of a core "
+                f"during the {r['viewers']}-viewer round; its latencies include their share"
+            )
     print(f"\n{out / 'viewers.json'} ({results['seconds']} s)")
     return 0 if all(check["ok"] for check in results["checks"]) else 1
 

@@ -37,9 +37,15 @@ _BUILD_PREFIX = re.compile(r"/tmp/python-build[^ ]*?/Python-[\d.]+/")
 def function_costs(path: Path, inclusive: bool) -> dict[str, int]:
     """Instructions per function in one callgrind file (every function, no threshold)."""
     proc = subprocess.run(
-        ["callgrind_annotate", f"--inclusive={'yes' if inclusive else 'no'}",
-         "--threshold=100", str(path)],
-        capture_output=True, text=True, check=True,
+        [
+            "callgrind_annotate",
+            f"--inclusive={'yes' if inclusive else 'no'}",
+            "--threshold=100",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     costs: dict[str, int] = {}
     for line in proc.stdout.splitlines():
@@ -67,20 +73,34 @@ def per_record(short: Path, long: Path, thread: int, inclusive: bool) -> dict[st
         raise SystemExit(f"{long} must have more records than {short}")
     before = function_costs(thread_file(short, thread), inclusive)
     after = function_costs(thread_file(long, thread), inclusive)
-    return {name: (after.get(name, 0) - before.get(name, 0)) / span
-            for name in before.keys() | after.keys()}
+    return {
+        name: (after.get(name, 0) - before.get(name, 0)) / span
+        for name in before.keys() | after.keys()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("short", type=Path, help="run directory of the short run")
     parser.add_argument("long", type=Path, help="run directory of the long run")
-    parser.add_argument("--against", nargs=2, type=Path, metavar=("SHORT", "LONG"),
-                        help="subtract another handler's per-record costs")
-    parser.add_argument("--thread", type=int, default=1,
-                        help="1: the logging thread (default), 2: the shipper or listener")
-    parser.add_argument("--inclusive", action="store_true",
-                        help="costs including callees (default: each function's own)")
+    parser.add_argument(
+        "--against",
+        nargs=2,
+        type=Path,
+        metavar=("SHORT", "LONG"),
+        help="subtract another handler's per-record costs",
+    )
+    parser.add_argument(
+        "--thread",
+        type=int,
+        default=1,
+        help="1: the logging thread (default), 2: the shipper or listener",
+    )
+    parser.add_argument(
+        "--inclusive",
+        action="store_true",
+        help="costs including callees (default: each function's own)",
+    )
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
     if shutil.which("callgrind_annotate") is None:
@@ -90,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     costs = per_record(args.short, args.long, args.thread, args.inclusive)
     if args.against:
         base = per_record(*args.against, args.thread, args.inclusive)
-        costs = {name: costs.get(name, 0.0) - base.get(name, 0.0)
-                 for name in costs.keys() | base.keys()}
+        costs = {
+            name: costs.get(name, 0.0) - base.get(name, 0.0) for name in costs.keys() | base.keys()
+        }
     rows = sorted(costs.items(), key=lambda item: -abs(item[1]))
     if not args.inclusive:
         print(f"{sum(costs.values()):>12,.0f}  total per record")

@@ -44,11 +44,13 @@ def say(message: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def child_main(url: str, index: int, records: int, rate: float, contexts: int,
-               sharded: bool) -> int:
+def child_main(
+    url: str, index: int, records: int, rate: float, contexts: int, sharded: bool
+) -> int:
     """One logging process: warm up, wait for ``go``, log, flush, report."""
-    handler = RedisLogHandler(url=url, queue_size=QUEUE_SIZE, stream_maxlen=STREAM_MAXLEN,
-                              sharded_pubsub=sharded)
+    handler = RedisLogHandler(
+        url=url, queue_size=QUEUE_SIZE, stream_maxlen=STREAM_MAXLEN, sharded_pubsub=sharded
+    )
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger(f"bench.cluster.{index}")
     logger.propagate = False
@@ -82,9 +84,17 @@ def child_main(url: str, index: int, records: int, rate: float, contexts: int,
     last = time.time()
     flushed = handler.flush(60)
     done = time.time()
-    say({"first_emit": first, "last_emit": last, "flushed_at": done, "flushed": flushed,
-         "max_late_ms": round(late * 1000, 1), "cpu_s": round(time.process_time() - cpu, 3),
-         "stats": handler.stats()})
+    say(
+        {
+            "first_emit": first,
+            "last_emit": last,
+            "flushed_at": done,
+            "flushed": flushed,
+            "max_late_ms": round(late * 1000, 1),
+            "cpu_s": round(time.process_time() - cpu, 3),
+            "stats": handler.stats(),
+        }
+    )
     handler.close()
     return 0
 
@@ -92,15 +102,32 @@ def child_main(url: str, index: int, records: int, rate: float, contexts: int,
 class Child:
     """One logging process: JSON lines out, ``go <time>`` in."""
 
-    def __init__(self, url: str, sharded: bool, index: int, records: int, rate: float,
-                 contexts: int) -> None:
+    def __init__(
+        self, url: str, sharded: bool, index: int, records: int, rate: float, contexts: int
+    ) -> None:
         env = dict(os.environ, PYTHONHASHSEED="0")
         env.pop("DJANGO_SETTINGS_MODULE", None)
         self.proc = subprocess.Popen(
-            [sys.executable, str(ENTRY_POINT), "--child", "--url", url,
-             "--index", str(index), "--records", str(records), "--rate", str(rate),
-             "--contexts", str(contexts), "--sharded" if sharded else "--no-sharded"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+            [
+                sys.executable,
+                str(ENTRY_POINT),
+                "--child",
+                "--url",
+                url,
+                "--index",
+                str(index),
+                "--records",
+                str(records),
+                "--rate",
+                str(rate),
+                "--contexts",
+                str(contexts),
+                "--sharded" if sharded else "--no-sharded",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
 
     def expect(self, timeout: float) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -140,7 +167,7 @@ def parse(data: bytes) -> tuple[float, int, int] | None:
     """(send time, record, process) of a benchmark record; None for a warm-up."""
     if not data.startswith(_RECORD):
         return None
-    t, i, p = data[len(_RECORD):data.find(b'"', len(_RECORD))].split(b" ")
+    t, i, p = data[len(_RECORD) : data.find(b'"', len(_RECORD))].split(b" ")
     return float(t), int(i[2:]), int(p[2:])
 
 
@@ -219,5 +246,11 @@ def scan(client: Any, key: str) -> dict[str, Any]:
         if len(page) < PAGE:
             break
         low = b"(" + page[-1][0]
-    return {"records": len(seen), "duplicates": duplicates, "warmups": warmups,
-            "first_sent": first_sent, "last_stored": last_stored, "stored_latency": stored}
+    return {
+        "records": len(seen),
+        "duplicates": duplicates,
+        "warmups": warmups,
+        "first_sent": first_sent,
+        "last_stored": last_stored,
+        "stored_latency": stored,
+    }

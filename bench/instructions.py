@@ -59,8 +59,13 @@ def child_main(args: argparse.Namespace) -> int:
         warm_ok = subject.drain()
         log_records(logger, args.records)
         ok = subject.stop()
-    result = {"handler": args.child, "records": args.records, "warmup": args.warmup,
-              "delivered": bool(ok and warm_ok), "stats": subject.stats()}
+    result = {
+        "handler": args.child,
+        "records": args.records,
+        "warmup": args.warmup,
+        "delivered": bool(ok and warm_ok),
+        "stats": subject.stats(),
+    }
     subject.handler.close()
     Path(args.child_result).write_text(json.dumps(result))
     return 0 if result["delivered"] else 3
@@ -79,8 +84,9 @@ def source_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def callgrind_run(name: str, records: int, warmup: int, server: PrivateRedis,
-                  out: Path) -> dict[str, Any]:
+def callgrind_run(
+    name: str, records: int, warmup: int, server: PrivateRedis, out: Path
+) -> dict[str, Any]:
     """Run one child under callgrind; return its per-thread instruction counts."""
     rundir = out / "callgrind" / f"{name}-{records}"
     shutil.rmtree(rundir, ignore_errors=True)
@@ -90,8 +96,13 @@ def callgrind_run(name: str, records: int, warmup: int, server: PrivateRedis,
     # A dry run outside valgrind first: it leaves the bytecode of everything
     # the child imports cached, so that no measured child compiles a module
     # (source edited since the last import would cost one run, not the other).
-    subprocess.run([*child, "--records", "0", "--child-result", str(rundir / "dry.json")],
-                   env=child_env(), capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [*child, "--records", "0", "--child-result", str(rundir / "dry.json")],
+        env=child_env(),
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     server.flushall()
     # --fair-sched=yes: valgrind runs one thread at a time, and its default
     # lock lets a busy thread take it back at once, so a woken shipper can wait
@@ -99,13 +110,21 @@ def callgrind_run(name: str, records: int, warmup: int, server: PrivateRedis,
     # hand-over is closer to two threads on two cores, and repeats
     # (docs/benchmarks.md, "Reproducibility of the instruction counts").
     cmd = [
-        "valgrind", "--tool=callgrind", "--separate-threads=yes", "--fair-sched=yes",
+        "valgrind",
+        "--tool=callgrind",
+        "--separate-threads=yes",
+        "--fair-sched=yes",
         f"--callgrind-out-file={rundir / OUT_FILE}",
-        *child, "--records", str(records), "--child-result", str(result_path),
+        *child,
+        "--records",
+        str(records),
+        "--child-result",
+        str(result_path),
     ]
     started = time.monotonic()
-    proc = subprocess.run(cmd, env=child_env(), capture_output=True, timeout=CHILD_TIMEOUT,
-                          check=False)
+    proc = subprocess.run(
+        cmd, env=child_env(), capture_output=True, timeout=CHILD_TIMEOUT, check=False
+    )
     elapsed = time.monotonic() - started
     (rundir / "valgrind.log").write_bytes(proc.stderr)
     if proc.returncode != 0 or not result_path.exists():
@@ -127,8 +146,9 @@ def callgrind_run(name: str, records: int, warmup: int, server: PrivateRedis,
     }
 
 
-def measure_instructions(server: PrivateRedis, short: int, long: int, warmup: int,
-                         out: Path) -> dict[str, Any]:
+def measure_instructions(
+    server: PrivateRedis, short: int, long: int, warmup: int, out: Path
+) -> dict[str, Any]:
     """(instructions_long - instructions_short) / (long - short), per handler."""
     results: dict[str, Any] = {}
     for name in HANDLERS:
@@ -153,7 +173,10 @@ def measure_instructions(server: PrivateRedis, short: int, long: int, warmup: in
             batches = stats[1]["batches"] - stats[0]["batches"]
             entry["records_per_batch"] = span / batches if batches else None
         results[name] = entry
-        print(f"  callgrind {LABELS[name]:<16} main {entry['main']:>10,.0f}  "
-              f"all {entry['all']:>10,.0f} instructions/record  "
-              f"({runs[0]['seconds']:.0f} s + {runs[1]['seconds']:.0f} s)", flush=True)
+        print(
+            f"  callgrind {LABELS[name]:<16} main {entry['main']:>10,.0f}  "
+            f"all {entry['all']:>10,.0f} instructions/record  "
+            f"({runs[0]['seconds']:.0f} s + {runs[1]['seconds']:.0f} s)",
+            flush=True,
+        )
     return results

@@ -40,9 +40,21 @@ class PrivateRedis:
         for _ in range(5):  # the port can be taken between the probe and the bind
             self.port = free_port()
             self.proc = subprocess.Popen(
-                [binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no", "--dir", str(self.dir),
-                 "--logfile", str(self.dir / "redis.log")],
+                [
+                    binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.dir),
+                    "--logfile",
+                    str(self.dir / "redis.log"),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

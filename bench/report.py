@@ -46,8 +46,9 @@ def cpu_model() -> str:
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     model = cpu_model()
-    valgrind = subprocess.run(["valgrind", "--version"], capture_output=True, text=True,
-                              check=False).stdout.strip()
+    valgrind = subprocess.run(
+        ["valgrind", "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
     return {
         "nproc": os.cpu_count(),
         "cpu": model,
@@ -61,9 +62,11 @@ def machine() -> dict[str, Any]:
 
 def source_revision() -> dict[str, Any]:
     """Which commit was measured, and whether the package had local changes."""
+
     def git(*args: str) -> str:
-        proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
-                              check=False, timeout=30)
+        proc = subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False, timeout=30
+        )
         return proc.stdout.strip() if proc.returncode == 0 else ""
 
     return {
@@ -83,9 +86,11 @@ def render_table(results: dict[str, Any]) -> str:
     base = burst["format-only"]
     base_time = base["seconds_median"] / base["records"]
     base_cpu = base["process_cpu_us_per_record"]
-    header = (f"{'handler':<16} {'instr/rec main':>14} {'x':>5} {'instr/rec all':>13} {'x':>5} "
-              f"{'emit us':>7} {'x':>5} {'burst rec/s':>11} {'x':>5} {'cpu us':>6} {'x':>5} "
-              f"{'redis us':>8} {'drops':>5}")
+    header = (
+        f"{'handler':<16} {'instr/rec main':>14} {'x':>5} {'instr/rec all':>13} {'x':>5} "
+        f"{'emit us':>7} {'x':>5} {'burst rec/s':>11} {'x':>5} {'cpu us':>6} {'x':>5} "
+        f"{'redis us':>8} {'drops':>5}"
+    )
     lines = [header, "-" * len(header)]
     for name in HANDLERS:
         i, w, b = instr[name], wall[name], burst[name]
@@ -123,9 +128,11 @@ def render_table(results: dict[str, Any]) -> str:
     if rpb:
         lines.append(f"ours under callgrind: {rpb:.0f} records per batch on average.")
     idle = results["idle"]
-    lines.append(f"idle: {idle['cpu_ms']:.1f} ms CPU in the {idle['seconds']:.0f} s after one "
-                 f"record (its delivery included), {idle['quiet_cpu_ms']:.1f} ms in the next "
-                 f"{idle['seconds']:.0f} s.")
+    lines.append(
+        f"idle: {idle['cpu_ms']:.1f} ms CPU in the {idle['seconds']:.0f} s after one "
+        f"record (its delivery included), {idle['quiet_cpu_ms']:.1f} ms in the next "
+        f"{idle['seconds']:.0f} s."
+    )
     return "\n".join(lines)
 
 
@@ -139,15 +146,27 @@ def check_thresholds(results: dict[str, Any]) -> list[dict[str, Any]]:
     drops = results["burst"]["ours"]["dropped"]
     idle = results["idle"]["cpu_ms"]
     return [
-        {"check": f"ours logging-thread instructions/record <= {MAX_MAIN_RATIO}x format-only",
-         "value": f"{main_ratio:.3f}x", "ok": main_ratio <= MAX_MAIN_RATIO},
-        {"check": f"ours all-threads instructions/record <= {MAX_ALL_RATIO}x format-only",
-         "value": f"{all_ratio:.3f}x", "ok": all_ratio <= MAX_ALL_RATIO},
-        {"check": f"ours burst time <= {MAX_BURST_RATIO}x format-only loop time",
-         "value": f"{burst_ratio:.3f}x", "ok": burst_ratio <= MAX_BURST_RATIO},
+        {
+            "check": f"ours logging-thread instructions/record <= {MAX_MAIN_RATIO}x format-only",
+            "value": f"{main_ratio:.3f}x",
+            "ok": main_ratio <= MAX_MAIN_RATIO,
+        },
+        {
+            "check": f"ours all-threads instructions/record <= {MAX_ALL_RATIO}x format-only",
+            "value": f"{all_ratio:.3f}x",
+            "ok": all_ratio <= MAX_ALL_RATIO,
+        },
+        {
+            "check": f"ours burst time <= {MAX_BURST_RATIO}x format-only loop time",
+            "value": f"{burst_ratio:.3f}x",
+            "ok": burst_ratio <= MAX_BURST_RATIO,
+        },
         {"check": "ours burst drops == 0", "value": str(drops), "ok": drops == 0},
-        {"check": f"ours idle CPU < {MAX_IDLE_CPU_MS:.0f} ms over {IDLE_SECONDS:.0f} s",
-         "value": f"{idle:.1f} ms", "ok": idle < MAX_IDLE_CPU_MS},
+        {
+            "check": f"ours idle CPU < {MAX_IDLE_CPU_MS:.0f} ms over {IDLE_SECONDS:.0f} s",
+            "value": f"{idle:.1f} ms",
+            "ok": idle < MAX_IDLE_CPU_MS,
+        },
     ]
 
 
@@ -155,11 +174,15 @@ def print_summary(results: dict[str, Any], out: Path, chart: Path) -> None:
     """Machine, source, table and checks, as the end of a run prints them."""
     m = results["machine"]
     print()
-    print(f"{m['nproc']} x {m['cpu']}, Python {m['python']}, redis-server {m['redis_server']},"
-          f" redis-py {m['redis_py']}, {m['valgrind']}")
+    print(
+        f"{m['nproc']} x {m['cpu']}, Python {m['python']}, redis-server {m['redis_server']},"
+        f" redis-py {m['redis_py']}, {m['valgrind']}"
+    )
     src = results["source"]
-    print(f"measured: commit {src['commit']}{' + local changes in src' if src['src_dirty'] else ''}"
-          f", source {src['fingerprint']}")
+    print(
+        f"measured: commit {src['commit']}{' + local changes in src' if src['src_dirty'] else ''}"
+        f", source {src['fingerprint']}"
+    )
     if src["changed_during_run"]:
         print("WARNING: the package's source changed during the run: the figures mix versions")
     print(results["table"])
@@ -175,8 +198,10 @@ def finish_run(results: dict[str, Any], out: Path, versions: str) -> int:
     checks; return the exit status (1 when a check failed)."""
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     src = results["source"]
-    print(f"\nmeasured: commit {src['commit']}"
-          f"{' + local changes in src' if src['src_dirty'] else ''}, {versions}")  # fmt: skip
+    print(
+        f"\nmeasured: commit {src['commit']}"
+        f"{' + local changes in src' if src['src_dirty'] else ''}, {versions}"
+    )
     if src.get("changed_during_run"):
         print("WARNING: the package's source changed during the run: the figures mix versions")
     print(results["table"] + "\n")
@@ -216,30 +241,57 @@ def draw_chart(results: dict[str, Any], path: Path) -> None:
     labels = [LABELS[name] for name in HANDLERS]
     mains = [instr[name]["main"] / 1000 for name in HANDLERS]
     alls = [instr[name]["all"] / 1000 for name in HANDLERS]
-    top = max(v for name, m, a in zip(HANDLERS, mains, alls, strict=True)
-              if name != "naive" for v in (m, a))
+    top = max(
+        v
+        for name, m, a in zip(HANDLERS, mains, alls, strict=True)
+        if name != "naive"
+        for v in (m, a)
+    )
     top = max(top, base / 1000 * MAX_ALL_RATIO) * 1.35
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8),
-                                      gridspec_kw={"width_ratios": [1.5, 1]})
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1.5, 1]}
+    )
     xs = range(len(HANDLERS))
     width = 0.38
-    for offset, values, label, color in ((-width / 2, mains, "logging thread", "#4c72b0"),
-                                         (width / 2, alls, "all threads", "#dd8452")):
-        bars = left.bar([x + offset for x in xs], [min(v, top) for v in values], width,
-                        label=label, color=color)
+    for offset, values, label, color in (
+        (-width / 2, mains, "logging thread", "#4c72b0"),
+        (width / 2, alls, "all threads", "#dd8452"),
+    ):
+        bars = left.bar(
+            [x + offset for x in xs], [min(v, top) for v in values], width, label=label, color=color
+        )
         for bar, value in zip(bars, values, strict=True):
             centre = bar.get_x() + bar.get_width() / 2
             if value > top:  # label inside the cut bar, below the axis top
-                left.annotate(f"{value:,.0f}k\n(cut)", (centre, top), ha="center", va="top",
-                              fontsize=8, color="white", xytext=(0, -4),
-                              textcoords="offset points")
+                left.annotate(
+                    f"{value:,.0f}k\n(cut)",
+                    (centre, top),
+                    ha="center",
+                    va="top",
+                    fontsize=8,
+                    color="white",
+                    xytext=(0, -4),
+                    textcoords="offset points",
+                )
             else:
-                left.annotate(f"{value:,.0f}k", (centre, value), ha="center", va="bottom",
-                              fontsize=8, xytext=(0, 2), textcoords="offset points")
+                left.annotate(
+                    f"{value:,.0f}k",
+                    (centre, value),
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                )
     for ratio, style in ((MAX_MAIN_RATIO, "--"), (MAX_ALL_RATIO, ":")):
-        left.axhline(base / 1000 * ratio, color="black", linestyle=style, linewidth=1,
-                     label=f"{ratio}x format-only")
+        left.axhline(
+            base / 1000 * ratio,
+            color="black",
+            linestyle=style,
+            linewidth=1,
+            label=f"{ratio}x format-only",
+        )
     left.set_ylim(0, top)
     left.set_xticks(list(xs), labels)
     left.set_ylabel("thousand instructions per record (callgrind)")
@@ -249,16 +301,27 @@ def draw_chart(results: dict[str, Any], path: Path) -> None:
     rates = [burst[name]["records_per_s"] / 1000 for name in HANDLERS]
     bars = right.bar(list(xs), rates, color=["#8c8c8c", "#55a868", "#c44e52", "#4c72b0"])
     for bar, value in zip(bars, rates, strict=True):
-        right.annotate(f"{value:,.0f}k", (bar.get_x() + bar.get_width() / 2, value),
-                       ha="center", va="bottom", fontsize=8, xytext=(0, 2),
-                       textcoords="offset points")
+        right.annotate(
+            f"{value:,.0f}k",
+            (bar.get_x() + bar.get_width() / 2, value),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            xytext=(0, 2),
+            textcoords="offset points",
+        )
     right.set_xticks(list(xs), labels, fontsize=8)
     right.set_ylabel("thousand records per second")
-    right.set_title(f"Burst of {burst['ours']['records']:,} records, until delivered",
-                    fontsize=10)
-    fig.text(0.5, 0.005, "format-only: the bare loop; QueueHandler: until the listener took the "
-             "last; naive / RedisLogHandler: until the last is stored in Redis "
-             f"(naive: {burst['naive']['records']:,} records)", ha="center", fontsize=8)
+    right.set_title(f"Burst of {burst['ours']['records']:,} records, until delivered", fontsize=10)
+    fig.text(
+        0.5,
+        0.005,
+        "format-only: the bare loop; QueueHandler: until the listener took the "
+        "last; naive / RedisLogHandler: until the last is stored in Redis "
+        f"(naive: {burst['naive']['records']:,} records)",
+        ha="center",
+        fontsize=8,
+    )
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

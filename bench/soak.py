@@ -166,9 +166,14 @@ class Writer(threading.Thread):
 class Soak:
     """One soak run against ``server``; :meth:`run` returns what it saw."""
 
-    def __init__(self, server: Server, config: SoakConfig, *,
-                 on_sample: Callable[[Sample], object] = lambda sample: None,
-                 on_event: Callable[[str], object] = lambda text: None) -> None:
+    def __init__(
+        self,
+        server: Server,
+        config: SoakConfig,
+        *,
+        on_sample: Callable[[Sample], object] = lambda sample: None,
+        on_event: Callable[[str], object] = lambda text: None,
+    ) -> None:
         self.server, self.config = server, config
         self.on_sample, self.on_event = on_sample, on_event
         self.stopping = threading.Event()
@@ -180,8 +185,13 @@ class Soak:
         names = self.handler.names
         contexts = {c for w in self.writers for c in w.cycle}
         self.keys = sorted({names.stream(c) for c in contexts})  # None: the global stream
-        self.probe = redis.Redis.from_url(server.url, socket_timeout=2, socket_connect_timeout=2,
-                                          retry=Retry(NoBackoff(), 0), decode_responses=True)
+        self.probe = redis.Redis.from_url(
+            server.url,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=True,
+        )
         self._offset: dict[str, int] = {}  # entries added on the crashed server
         self._started = time.monotonic()
 
@@ -243,14 +253,18 @@ class Soak:
                 result.logged_during_outage = self._logged() - result.logged_during_outage
                 target = self.handler.stats()["enqueued"]
                 self.phase = "recovery"
-                self.on_event(f"{result.restarted_at:6.1f} s  Redis started again on the same "
-                              f"port, empty; {result.logged_during_outage} records were logged "
-                              "while it was down")
+                self.on_event(
+                    f"{result.restarted_at:6.1f} s  Redis started again on the same "
+                    f"port, empty; {result.logged_during_outage} records were logged "
+                    "while it was down"
+                )
             elif self.phase == "recovery" and stats["sent"] >= target:
                 result.recovered_after = now - result.restarted_at
                 self.phase = "steady"
-                self.on_event(f"{now:6.1f} s  every record logged before the restart is "
-                              f"stored, {result.recovered_after:.2f} s after it")
+                self.on_event(
+                    f"{now:6.1f} s  every record logged before the restart is "
+                    f"stored, {result.recovered_after:.2f} s after it"
+                )
             if now >= next_sample:
                 result.samples.append(self._sample(now))
                 self.on_sample(result.samples[-1])
@@ -268,8 +282,9 @@ class Soak:
         self.result.logged_during_outage = self._logged()
         self.phase = "outage"
         held = self._offset.get(self.handler.names.global_stream, 0)
-        self.on_event(f"{self.result.killed_at:6.1f} s  Redis killed (SIGKILL) holding "
-                      f"{held} records")
+        self.on_event(
+            f"{self.result.killed_at:6.1f} s  Redis killed (SIGKILL) holding {held} records"
+        )
 
     def _call(self, method: str, *args: Any) -> Any:
         return self._retry(lambda: getattr(self.probe, method)(*args))
@@ -285,6 +300,7 @@ class Soak:
 
     def _entries_added(self) -> dict[str, int] | None:
         """Entries ever added to each stream (0 for one that does not exist)."""
+
         def read() -> list[Any]:
             pipe = self.probe.pipeline(transaction=False)
             for key in self.keys:
@@ -309,9 +325,19 @@ class Soak:
         rss, threads, sockets = rss_bytes(), thread_count(), socket_count()
         key = self.handler.names.global_stream
         stored = None if counts is None else self._offset.get(key, 0) + counts[key]
-        return Sample(round(now, 1), self.phase, rss, threads, sockets,
-                      int(info["connected_clients"]) if info else None, self._logged(),
-                      stats["sent"], stored, stats["dropped"], stats["pending"])
+        return Sample(
+            round(now, 1),
+            self.phase,
+            rss,
+            threads,
+            sockets,
+            int(info["connected_clients"]) if info else None,
+            self._logged(),
+            stats["sent"],
+            stored,
+            stats["dropped"],
+            stats["pending"],
+        )
 
 
 @dataclass(frozen=True)
@@ -326,73 +352,118 @@ def check(result: SoakResult) -> list[Check]:
     cfg, stats, samples = result.config, result.stats, result.samples
     total = max(result.logged.values(), default=0)
     stored = max(result.stored.values(), default=0)
-    wrong = {key: (n, result.stored.get(key, 0)) for key, n in result.logged.items()
-             if result.stored.get(key, 0) != n}
+    wrong = {
+        key: (n, result.stored.get(key, 0))
+        for key, n in result.logged.items()
+        if result.stored.get(key, 0) != n
+    }
     recovery = -1.0 if result.recovered_after is None else result.recovered_after
     checks = [
-        Check("every record logged is stored exactly once", bool(total and not wrong),
-              f"{samples[-1].t if samples else 0:.0f} s, {cfg.writers} threads, {total} records "
-              f"logged under {len(result.logged) - 1} contexts and none, {stored} stored"
-              + (f"; (logged, stored) differ: {wrong}" if wrong else "")),
-        Check("the crash happened and every earlier record was stored after it",
-              bool(result.killed_at and result.restarted_at and recovery >= 0
-                   and result.counted_before_kill),
-              f"Redis SIGKILLed at {result.killed_at:.1f} s, back {cfg.outage:.0f} s later "
-              f"(counted before the kill: {result.counted_before_kill}), all earlier records "
-              f"stored {recovery:.2f} s after the restart"),
-        Check("nothing dropped or refused", stats.get("dropped") == stats.get("failed") == 0,
-              f"{result.logged_during_outage} records logged during the outage, max pending "
-              f"{result.max_pending} (queue_size {cfg.queue_size}), dropped "
-              f"{stats.get('dropped')}, failed {stats.get('failed')}"),
-        Check("flush() after the soak succeeded", result.flushed,
-              f"flush() at the end: {result.flushed}, stats {stats}"),
+        Check(
+            "every record logged is stored exactly once",
+            bool(total and not wrong),
+            f"{samples[-1].t if samples else 0:.0f} s, {cfg.writers} threads, {total} records "
+            f"logged under {len(result.logged) - 1} contexts and none, {stored} stored"
+            + (f"; (logged, stored) differ: {wrong}" if wrong else ""),
+        ),
+        Check(
+            "the crash happened and every earlier record was stored after it",
+            bool(
+                result.killed_at
+                and result.restarted_at
+                and recovery >= 0
+                and result.counted_before_kill
+            ),
+            f"Redis SIGKILLed at {result.killed_at:.1f} s, back {cfg.outage:.0f} s later "
+            f"(counted before the kill: {result.counted_before_kill}), all earlier records "
+            f"stored {recovery:.2f} s after the restart",
+        ),
+        Check(
+            "nothing dropped or refused",
+            stats.get("dropped") == stats.get("failed") == 0,
+            f"{result.logged_during_outage} records logged during the outage, max pending "
+            f"{result.max_pending} (queue_size {cfg.queue_size}), dropped "
+            f"{stats.get('dropped')}, failed {stats.get('failed')}",
+        ),
+        Check(
+            "flush() after the soak succeeded",
+            result.flushed,
+            f"flush() at the end: {result.flushed}, stats {stats}",
+        ),
     ]
     # Samples after the warm-up and before the crash; once the handler writes again.
     steady = [s for s in samples if s.phase == "steady" and s.t < result.killed_at]
     recovered = [s for s in samples if s.phase == "steady" and s.t > result.restarted_at]
     if not steady or not recovered:
-        return [*checks, Check("samples before and after the crash", False,
-                               f"{len(steady)} and {len(recovered)}: run longer")]
+        return [
+            *checks,
+            Check(
+                "samples before and after the crash",
+                False,
+                f"{len(steady)} and {len(recovered)}: run longer",
+            ),
+        ]
     rss = [s.rss / MiB for s in samples if s.t >= steady[0].t]
     growth = max(rss) - rss[0]
-    checks.append(Check(
-        f"resident memory grows less than {cfg.rss_bound / MiB:.0f} MiB after the warm-up",
-        growth < cfg.rss_bound / MiB, f"resident memory {rss[0]:.1f} MiB after the "
-        f"{cfg.warmup:.0f} s warm-up, max {max(rss):.1f}, end {rss[-1]:.1f} (+{growth:.2f} MiB)"))
+    checks.append(
+        Check(
+            f"resident memory grows less than {cfg.rss_bound / MiB:.0f} MiB after the warm-up",
+            growth < cfg.rss_bound / MiB,
+            f"resident memory {rss[0]:.1f} MiB after the {cfg.warmup:.0f} s warm-up, "
+            f"max {max(rss):.1f}, end {rss[-1]:.1f} (+{growth:.2f} MiB)",
+        )
+    )
     for what in ("threads", "sockets", "redis_clients"):
         normal = statistics.median_low(getattr(s, what) or 0 for s in steady)
         seen = [getattr(s, what) for s in samples if getattr(s, what) is not None]
         after = sorted({getattr(s, what) for s in recovered}, key=str)
-        ok = after == [normal] if what != "redis_clients" else all(
-            c is not None and c <= normal for c in after)  # the server's count may lag
-        checks.append(Check(
-            f"{what.replace('_', ' ')} back to their steady value once writing again", ok,
-            f"{what.replace('_', ' ')}: steady {normal}, over the run {min(seen)}..{max(seen)}, "
-            f"once writing again {after}"))
+        ok = (
+            after == [normal]
+            if what != "redis_clients"
+            else all(c is not None and c <= normal for c in after)
+        )  # the server's count may lag
+        checks.append(
+            Check(
+                f"{what.replace('_', ' ')} back to their steady value once writing again",
+                ok,
+                f"{what.replace('_', ' ')}: steady {normal}, "
+                f"over the run {min(seen)}..{max(seen)}, once writing again {after}",
+            )
+        )
     pairs = [(s.threads, s.sockets) if s else None for s in (result.before, result.after)]
-    checks.append(Check("close() leaves the threads and sockets the soak found",
-                        pairs[0] is not None and pairs[0] == pairs[1],
-                        f"(threads, sockets) before the soak {pairs[0]}, after close() "
-                        f"{pairs[1]}"))
+    checks.append(
+        Check(
+            "close() leaves the threads and sockets the soak found",
+            pairs[0] is not None and pairs[0] == pairs[1],
+            f"(threads, sockets) before the soak {pairs[0]}, after close() {pairs[1]}",
+        )
+    )
     return checks
 
 
 def figures(result: SoakResult, label: str = "soak") -> list[str]:
     """The run in lines starting with FIGURE (for docs/guarantees.md)."""
-    slowest = ", ".join(f"{phase} {took * 1000:.2f} ms"
-                        for phase, took in sorted(result.slowest_emit.items()))
-    return [f"FIGURE {label}: {line}"
-            for line in [*(c.detail for c in check(result)), f"slowest logging call: {slowest}"]]
+    slowest = ", ".join(
+        f"{phase} {took * 1000:.2f} ms" for phase, took in sorted(result.slowest_emit.items())
+    )
+    return [
+        f"FIGURE {label}: {line}"
+        for line in [*(c.detail for c in check(result)), f"slowest logging call: {slowest}"]
+    ]
 
 
-HEADER = (f"{'t (s)':>7} {'phase':<9} {'RSS MiB':>8} {'threads':>7} {'sockets':>7} "
-          f"{'clients':>7} {'logged':>8} {'sent':>8} {'stored':>8} {'dropped':>7} {'pending':>7}")
+HEADER = (
+    f"{'t (s)':>7} {'phase':<9} {'RSS MiB':>8} {'threads':>7} {'sockets':>7} "
+    f"{'clients':>7} {'logged':>8} {'sent':>8} {'stored':>8} {'dropped':>7} {'pending':>7}"
+)
 
 
 def row(s: Sample) -> str:
     clients, stored = ("-" if v is None else str(v) for v in (s.redis_clients, s.stored))
-    return (f"{s.t:7.1f} {s.phase:<9} {s.rss / MiB:8.1f} {s.threads:7d} {s.sockets:7d} "
-            f"{clients:>7} {s.logged:8d} {s.sent:8d} {stored:>8} {s.dropped:7d} {s.pending:7d}")
+    return (
+        f"{s.t:7.1f} {s.phase:<9} {s.rss / MiB:8.1f} {s.threads:7d} {s.sockets:7d} "
+        f"{clients:>7} {s.logged:8d} {s.sent:8d} {stored:>8} {s.dropped:7d} {s.pending:7d}"
+    )
 
 
 class PrivateServer(Server, Protocol):
@@ -417,10 +488,24 @@ def private_server() -> PrivateServer:
 
         def start(self) -> None:
             self.proc = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", str(self.dir),
-                 "--logfile", str(self.dir / "redis.log")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                [
+                    "redis-server",
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.dir),
+                    "--logfile",
+                    str(self.dir / "redis.log"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             if not self._wait_ready():
                 raise RuntimeError(f"redis-server did not come back on port {self.port}")
 
@@ -435,9 +520,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seconds = 60.0 if args.quick else args.minutes * 60
     every = args.every or (30.0 if seconds >= 300 else 10.0)
-    config = SoakConfig(seconds=seconds, warmup=min(30.0, seconds / 6),
-                        outage=5.0 if seconds >= 300 else 3.0,
-                        sample_every=5.0 if seconds >= 300 else 1.0)
+    config = SoakConfig(
+        seconds=seconds,
+        warmup=min(30.0, seconds / 6),
+        outage=5.0 if seconds >= 300 else 3.0,
+        sample_every=5.0 if seconds >= 300 else 1.0,
+    )
     rows = iter(range(0, 1 << 30, max(1, round(every))))
     next_row = next(rows)
 
@@ -454,14 +542,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"soak could not run: {exc}", file=sys.stderr)
         return 2
     try:
-        print(f"soak: {seconds:.0f} s, {config.writers} threads x {config.rate:.0f} records/s, "
-              f"Redis killed at {seconds * config.kill_at:.0f} s for {config.outage:.0f} s; "
-              f"redis-server {server.version()} on port {server.port}, redis-py "
-              f"{redis.__version__}, Python {sys.version.split()[0]}", flush=True)
+        print(
+            f"soak: {seconds:.0f} s, {config.writers} threads x {config.rate:.0f} records/s, "
+            f"Redis killed at {seconds * config.kill_at:.0f} s for {config.outage:.0f} s; "
+            f"redis-server {server.version()} on port {server.port}, redis-py "
+            f"{redis.__version__}, Python {sys.version.split()[0]}",
+            flush=True,
+        )
         server.client.connection_pool.disconnect()  # Redis's clients: the soak's only
         print(HEADER, flush=True)
-        result = Soak(server, config, on_sample=on_sample,
-                      on_event=lambda text: print(f"  -- {text}", flush=True)).run()
+        result = Soak(
+            server,
+            config,
+            on_sample=on_sample,
+            on_event=lambda text: print(f"  -- {text}", flush=True),
+        ).run()
     except (RuntimeError, OSError, redis.RedisError) as exc:
         print(f"soak could not run: {exc}", file=sys.stderr)
         return 2

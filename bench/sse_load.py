@@ -43,7 +43,7 @@ MESSAGE = "viewer load record %d"
 #: One log event of one of those records, as the server writes it (sse.py).
 LOG_EVENTS = re.compile(
     rb'id: ([0-9-]+)\nevent: log\ndata: \{"message":"'
-    + re.escape(MESSAGE.encode()).replace(b"%d", rb'(\d+)')
+    + re.escape(MESSAGE.encode()).replace(b"%d", rb"(\d+)")
     + rb'"[^\n]*?,"timestamp":([-+.0-9eE]+)[,}][^\n]*\n\n'
 )
 
@@ -249,8 +249,7 @@ def say(**message: Any) -> None:
     sys.stdout.flush()
 
 
-async def load(host: str, port: int, path: str, count: int, rate: float,
-               result: Path) -> None:
+async def load(host: str, port: int, path: str, count: int, rate: float, result: Path) -> None:
     viewers = [Viewer(index) for index in range(count)]
     tasks = [asyncio.create_task(viewer.run(host, port, path)) for viewer in viewers]
     lags: array[float] = array("d")
@@ -265,8 +264,7 @@ async def load(host: str, port: int, path: str, count: int, rate: float,
             if not viewer.ready and viewer.failed is None:
                 viewer.failed = f"no 'event: ready' within {READY_TIMEOUT:.0f} s"
     failed = [viewer.index for viewer in viewers if not viewer.ready]
-    say(ready=count - len(failed), failed=failed,
-        seconds=round(time.monotonic() - started, 2))
+    say(ready=count - len(failed), failed=failed, seconds=round(time.monotonic() - started, 2))
     del lags[:]  # only what follows counts: the logging window and the tail
 
     # ``stop <expected> <tail>``; end of file (the parent is gone) stops too.
@@ -278,8 +276,7 @@ async def load(host: str, port: int, path: str, count: int, rate: float,
     tail_started = time.monotonic()
     final = expected - 1
     while time.monotonic() - tail_started < tail:
-        if all(viewer.failed or (viewer.seqs and viewer.seqs[-1] >= final)
-               for viewer in viewers):
+        if all(viewer.failed or (viewer.seqs and viewer.seqs[-1] >= final) for viewer in viewers):
             break
         await asyncio.sleep(0.02)
     tail_seconds = time.monotonic() - tail_started
@@ -303,22 +300,26 @@ async def load(host: str, port: int, path: str, count: int, rate: float,
                 last[seq] = max(last[seq], latency)
     seen = [seq for seq in range(expected) if first[seq] != math.inf]
     summaries = [viewer.summary(expected) for viewer in viewers]
-    result.write_text(json.dumps({
-        "expected": expected,
-        "tail_seconds": round(tail_seconds, 3),
-        "latency": latency_summary(latencies),
-        "first_viewer_latency": latency_summary([first[seq] for seq in seen]),
-        "fan_out_spread": latency_summary([last[seq] - first[seq] for seq in seen]),
-        # By the second of the logging window the record was logged in.
-        "latency_by_second": [latency_summary(values) for values in seconds],
-        "loop_lag": latency_summary(window_lags),
-        "viewers": summaries,
-    }) + "\n")
+    result.write_text(
+        json.dumps(
+            {
+                "expected": expected,
+                "tail_seconds": round(tail_seconds, 3),
+                "latency": latency_summary(latencies),
+                "first_viewer_latency": latency_summary([first[seq] for seq in seen]),
+                "fan_out_spread": latency_summary([last[seq] - first[seq] for seq in seen]),
+                # By the second of the logging window the record was logged in.
+                "latency_by_second": [latency_summary(values) for values in seconds],
+                "loop_lag": latency_summary(window_lags),
+                "viewers": summaries,
+            }
+        )
+        + "\n"
+    )
     say(done=True)
 
 
-def clients_main(host: str, port: int, path: str, count: int, rate: float,
-                 result: Path) -> int:
+def clients_main(host: str, port: int, path: str, count: int, rate: float, result: Path) -> int:
     """The ``--clients-child`` mode of bench_viewers.py."""
     try:
         asyncio.run(load(host, port, path, count, rate, result))

@@ -122,9 +122,7 @@ class Subject:
             # listener's handler formats for output.
             records: queue.SimpleQueue[Any] = queue.SimpleQueue()
             self.handler = logging.handlers.QueueHandler(records)
-            self.listener = logging.handlers.QueueListener(
-                records, _formatted(FormatOnlyHandler())
-            )
+            self.listener = logging.handlers.QueueListener(records, _formatted(FormatOnlyHandler()))
         elif name == "naive":
             self.handler = _formatted(NaiveRedisHandler(url))
         elif name == "ours":

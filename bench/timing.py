@@ -58,7 +58,7 @@ def measure_wall_clock(subjects: dict[str, Subject], count: int, rounds: int) ->
                 log_records(logger, 200)
             subjects[name].drain()
         for round_ in range(rounds):
-            order = HANDLERS[round_ % len(HANDLERS):] + HANDLERS[: round_ % len(HANDLERS)]
+            order = HANDLERS[round_ % len(HANDLERS) :] + HANDLERS[: round_ % len(HANDLERS)]
             for name in order:
                 with attached(logger, subjects[name].handler):
                     started = time.perf_counter()
@@ -67,8 +67,10 @@ def measure_wall_clock(subjects: dict[str, Subject], count: int, rounds: int) ->
                 if not subjects[name].drain():
                     raise RuntimeError(f"{name}: records not delivered after a timing round")
                 times[name].append(elapsed / count)
-    return {name: {"median": statistics.median(values), "rounds": values}
-            for name, values in times.items()}
+    return {
+        name: {"median": statistics.median(values), "rounds": values}
+        for name, values in times.items()
+    }
 
 
 # -- C: burst -----------------------------------------------------------------------
@@ -90,8 +92,9 @@ def timed_burst(logger: logging.Logger, subject: Subject, count: int) -> tuple[f
     return elapsed, cpu
 
 
-def measure_burst(subjects: dict[str, Subject], server: PrivateRedis, count: int,
-                  naive_count: int, rounds: int) -> dict[str, Any]:
+def measure_burst(
+    subjects: dict[str, Subject], server: PrivateRedis, count: int, naive_count: int, rounds: int
+) -> dict[str, Any]:
     """Burst of records from one thread, timed until stored; CPU per record.
 
     Redis is flushed before each of its rounds so that every round starts
@@ -172,15 +175,25 @@ def idle_child_main(args: argparse.Namespace) -> int:
         quiet_ms = (time.process_time() - cpu_before) * 1000
     delivered = handler.flush(timeout=10) and handler.stats()["sent"] == 1
     handler.close()
-    print(json.dumps({"cpu_ms": cpu_ms, "quiet_cpu_ms": quiet_ms, "seconds": IDLE_SECONDS,
-                      "delivered": delivered}))
+    print(
+        json.dumps(
+            {
+                "cpu_ms": cpu_ms,
+                "quiet_cpu_ms": quiet_ms,
+                "seconds": IDLE_SECONDS,
+                "delivered": delivered,
+            }
+        )
+    )
     return 0
 
 
 def measure_idle(server: PrivateRedis) -> dict[str, Any]:
     proc = subprocess.run(
         child_command("--idle-child", "--url", server.url),
-        env=child_env(), capture_output=True, timeout=60, check=True,
+        env=child_env(),
+        capture_output=True,
+        timeout=60,
+        check=True,
     )
     return dict(json.loads(proc.stdout))
-

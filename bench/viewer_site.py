@@ -50,7 +50,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a live process, all its threads (``/proc/<pid>/stat``)."""
     text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2:].split()  # the name may contain spaces
+    fields = text[text.rindex(")") + 2 :].split()  # the name may contain spaces
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
@@ -156,11 +156,27 @@ class Site:
             self.port = free_port()
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "uvicorn", "testproject.asgi:application",
-                     "--host", LOOPBACK, "--port", str(self.port), "--workers", "1",
-                     "--no-access-log", "--log-level", "warning",
-                     "--timeout-graceful-shutdown", "5"],
-                    cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                    [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        "testproject.asgi:application",
+                        "--host",
+                        LOOPBACK,
+                        "--port",
+                        str(self.port),
+                        "--workers",
+                        "1",
+                        "--no-access-log",
+                        "--log-level",
+                        "warning",
+                        "--timeout-graceful-shutdown",
+                        "5",
+                    ],
+                    cwd=ROOT,
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                 )
             if self._wait_listening():
                 return
@@ -197,8 +213,12 @@ class Child:
         env = dict(os.environ)
         env.pop("DJANGO_SETTINGS_MODULE", None)  # the children are not the site
         self.proc = subprocess.Popen(
-            [sys.executable, str(ENTRY_POINT), *args], cwd=ROOT, env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            [sys.executable, str(ENTRY_POINT), *args],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         assert self.proc.stdout is not None
@@ -260,16 +280,29 @@ def machine(monitor: redis.Redis) -> dict[str, Any]:
     import uvicorn
 
     model = cpu_model()
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True, check=False).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"],
-                           capture_output=True, text=True, check=False).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     return {
-        "nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
-        "django": django.get_version(), "uvicorn": uvicorn.__version__,
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "django": django.get_version(),
+        "uvicorn": uvicorn.__version__,
         "redis_py": redis.__version__,
         "redis_server": str(monitor.info("server")["redis_version"]),
-        "platform": platform.platform(), "commit": commit or None, "src_dirty": bool(dirty),
+        "platform": platform.platform(),
+        "commit": commit or None,
+        "src_dirty": bool(dirty),
     }
 
 
@@ -318,14 +351,19 @@ def logger_main(url: str, context: str, rate: float, seconds: float, result: Pat
     finally:
         logger.removeHandler(handler)
         handler.close()
-    result.write_text(json.dumps({
-        "records": total,
-        "emit_seconds": round(emitted, 3),
-        "rate_achieved": round(total / emitted, 1) if emitted else 0.0,
-        "max_late_ms": round(late * 1000, 2),
-        "flushed": flushed,
-        "seconds": round(elapsed, 3),
-        "cpu_seconds": round(cpu, 3),
-        "handler": stats,
-    }) + "\n")
+    result.write_text(
+        json.dumps(
+            {
+                "records": total,
+                "emit_seconds": round(emitted, 3),
+                "rate_achieved": round(total / emitted, 1) if emitted else 0.0,
+                "max_late_ms": round(late * 1000, 2),
+                "flushed": flushed,
+                "seconds": round(elapsed, 3),
+                "cpu_seconds": round(cpu, 3),
+                "handler": stats,
+            }
+        )
+        + "\n"
+    )
     return 0

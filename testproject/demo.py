@@ -82,6 +82,8 @@ COLOR = _use_color()
 RESET = "\033[0m" if COLOR else ""
 DIM = "\033[2m" if COLOR else ""
 BOLD = "\033[1m" if COLOR else ""
+
+
 def paint(text: str, color: str) -> str:
     """Wrap ``text`` in an ANSI color when colors are on."""
     return f"{color}{text}{RESET}" if COLOR and color else text
@@ -176,20 +178,29 @@ def start_redis(binary: str) -> tuple[str, subprocess.Popen[bytes]]:
     log_path = data_dir / "redis.log"
     cmd = [
         binary,
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--save", "",
-        "--appendonly", "no",
-        "--dir", str(data_dir),
-        "--daemonize", "no",
-    ]  # fmt: skip
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(data_dir),
+        "--daemonize",
+        "no",
+    ]
     with open(log_path, "wb") as log:
         # Own session: the terminal's Ctrl-C goes to the demo, which then
         # stops this server last, after the handlers have flushed into it.
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
-        )  # fmt: skip
+        )
     url = f"redis://127.0.0.1:{port}/0"
 
     def answers() -> bool:
@@ -224,9 +235,13 @@ def start_site(url: str) -> tuple[str, subprocess.Popen[bytes]]:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, ROOT / "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
-        )  # fmt: skip
+        )
     site = f"http://127.0.0.1:{port}/"
 
     def answers() -> bool:
@@ -293,9 +308,13 @@ def run_traffic_loop(stop: threading.Event, site: str) -> None:
         get(browser, "accounts/login/")
         token = next((c.value for c in jar if c.name == "csrftoken"), "")
         form = urllib.parse.urlencode(
-            {"csrfmiddlewaretoken": token, "username": DEMO_USER[0], "password": DEMO_USER[1],
-             "next": "/"}
-        ).encode()  # fmt: skip
+            {
+                "csrfmiddlewaretoken": token,
+                "username": DEMO_USER[0],
+                "password": DEMO_USER[1],
+                "next": "/",
+            }
+        ).encode()
         with browser.open(site + "accounts/login/", data=form, timeout=10):
             pass
 
@@ -350,19 +369,38 @@ def start_worker(url: str) -> subprocess.Popen[bytes] | None:
     env = {**os.environ, "REDIS_URL": url, "CELERY_BROKER_URL": url, "PYTHONUNBUFFERED": "1"}
     with open(DEMO_DIR / "celery.log", "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "testproject.celery_app", "worker",
-             "--pool=solo", "--without-gossip", "--without-mingle", "-l", "info"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "testproject.celery_app",
+                "worker",
+                "--pool=solo",
+                "--without-gossip",
+                "--without-mingle",
+                "-l",
+                "info",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
-        )  # fmt: skip
+        )
     os.environ["CELERY_BROKER_URL"] = url
     from testproject.celery_app import app
 
     try:  # the first job should find the worker ready
         wait_until_ready(
-            proc, lambda: bool(app.control.ping(timeout=0.5)), "the Celery worker",
-            DEMO_DIR / "celery.log", seconds=20, interval=0,
-        )  # fmt: skip
+            proc,
+            lambda: bool(app.control.ping(timeout=0.5)),
+            "the Celery worker",
+            DEMO_DIR / "celery.log",
+            seconds=20,
+            interval=0,
+        )
     except SystemExit as exc:  # the site still runs its jobs in threads
         say(f"no Celery worker: {exc}")
         return None
@@ -394,8 +432,10 @@ def main() -> int:
         print()
         print(paint("django-redis-logstream demo", BOLD))
         print(f"  site      {site}   (sign in as {DEMO_USER[0]} / {DEMO_USER[1]})")
-        print(f"  console   {site}logs/   (alice's records live in the browser; as "
-              f"{DEMO_STAFF[0]} / {DEMO_STAFF[1]}: {site}logs/?context=global)")
+        print(
+            f"  console   {site}logs/   (alice's records live in the browser; as "
+            f"{DEMO_STAFF[0]} / {DEMO_STAFF[1]}: {site}logs/?context=global)"
+        )
         print(f"  redis     {url}")
         print(f"  worker    {'celery (.demo/celery.log)' if worker_proc else 'none (no celery)'}")
         print(f"  following python manage.py tail_logs {FOLLOW} -f   (DEMO_FOLLOW=global: all)")

@@ -38,7 +38,10 @@ def start_thread(rows: int, **kwargs: float) -> threading.Thread:
     """Run the export in a thread that keeps the caller's log context."""
     context = contextvars.copy_context()
     thread = threading.Thread(
-        target=context.run, args=(run_export, rows), kwargs=kwargs, daemon=True,
+        target=context.run,
+        args=(run_export, rows),
+        kwargs=kwargs,
+        daemon=True,
         name="demo-export",
     )
     thread.start()

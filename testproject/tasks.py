@@ -38,7 +38,10 @@ def export_report(self: Task, rows: int, delay: float) -> dict[str, Any]:
         time.sleep(delay)
         logger.info(
             "report %s: progress %3d%% (%d/%d rows)",
-            report, step * 100 // steps, rows * step // steps, rows,
+            report,
+            step * 100 // steps,
+            rows * step // steps,
+            rows,
         )
     logger.info("report %s: export of %d rows finished", report, rows)
     return {"rows": rows, "context": get_log_context()}

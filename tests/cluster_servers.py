@@ -59,8 +59,14 @@ def _wait(check: Callable[[], _T], timeout: float, what: str, why: Callable[[], 
 
 
 def _conn(server: RedisServer) -> redis.Redis:
-    return redis.Redis(host=LOOPBACK, port=server.port, socket_timeout=0.5, retry=no_retry(),
-                       socket_connect_timeout=0.5, decode_responses=True)  # fmt: skip
+    return redis.Redis(
+        host=LOOPBACK,
+        port=server.port,
+        socket_timeout=0.5,
+        retry=no_retry(),
+        socket_connect_timeout=0.5,
+        decode_responses=True,
+    )
 
 
 def _ask(server: RedisServer, *args: Any) -> Any:
@@ -69,8 +75,9 @@ def _ask(server: RedisServer, *args: Any) -> Any:
 
 
 def _logs(servers: list[RedisServer], tail: int = 15) -> str:
-    return "\n".join(f"--- log of :{s.port}:\n" + "\n".join(s.read_log().splitlines()[-tail:])
-                     for s in servers)  # fmt: skip
+    return "\n".join(
+        f"--- log of :{s.port}:\n" + "\n".join(s.read_log().splitlines()[-tail:]) for s in servers
+    )
 
 
 class _Topology:
@@ -151,10 +158,17 @@ class ClusterNodeServer(RedisServer):
     def _command(self) -> list[str]:
         if not self._bus_pinned:  # a first start, or its retry on a taken port
             self.bus_port = free_port()
-        return [*super()._command(), "--cluster-enabled", "yes",
-                "--cluster-config-file", "nodes.conf",  # in self.dir, the cwd
-                "--cluster-node-timeout", str(self.node_timeout_ms),
-                "--cluster-port", str(self.bus_port)]  # fmt: skip
+        return [
+            *super()._command(),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",  # in self.dir, the cwd
+            "--cluster-node-timeout",
+            str(self.node_timeout_ms),
+            "--cluster-port",
+            str(self.bus_port),
+        ]
 
 
 class RedisClusterServers(_Topology):
@@ -175,11 +189,23 @@ class RedisClusterServers(_Topology):
         for node in self.nodes:
             node.start()
         cli = os.environ.get("REDIS_CLI_BIN") or shutil.which("redis-cli") or "redis-cli"
-        cmd = [cli, "--cluster", "create", *(f"{LOOPBACK}:{n.port}" for n in self.nodes),
-               "--cluster-replicas", "1", "--cluster-yes"]  # fmt: skip
+        cmd = [
+            cli,
+            "--cluster",
+            "create",
+            *(f"{LOOPBACK}:{n.port}" for n in self.nodes),
+            "--cluster-replicas",
+            "1",
+            "--cluster-yes",
+        ]
         try:
-            done = subprocess.run(cmd, capture_output=True, timeout=self.start_timeout,
-                                  stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+            done = subprocess.run(
+                cmd,
+                capture_output=True,
+                timeout=self.start_timeout,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
         except subprocess.TimeoutExpired as exc:
             done = subprocess.CompletedProcess(cmd, "timed out", exc.stdout, exc.stderr)
         output = (done.stdout or b"") + (done.stderr or b"")
@@ -204,8 +230,11 @@ class RedisClusterServers(_Topology):
         errors = []
         for node in [via] if via else self.live_nodes():
             try:
-                return [NodeView.parse(line) for line in _ask(node, "CLUSTER", "NODES").split("\n")
-                        if line]  # fmt: skip
+                return [
+                    NodeView.parse(line)
+                    for line in _ask(node, "CLUSTER", "NODES").split("\n")
+                    if line
+                ]
             except redis.RedisError as exc:
                 errors.append(f":{node.port}: {exc!r}")
         raise TopologyError(f"no live cluster node answered CLUSTER NODES: {errors}")

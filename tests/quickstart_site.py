@@ -63,8 +63,9 @@ def new_site(parent: Path, redis_url: str) -> Path:
     """``django-admin startproject mysite`` in ``parent``, then every file
     block of the quickstart applied; returns the project directory."""
     django_admin = Path(sys.executable).with_name("django-admin")
-    subprocess.run([str(django_admin), "startproject", "mysite"], cwd=parent, env=site_env(),
-                   check=True)  # fmt: skip
+    subprocess.run(
+        [str(django_admin), "startproject", "mysite"], cwd=parent, env=site_env(), check=True
+    )
     site = parent / "mysite"
     for block in code_blocks(QUICKSTART):
         if block.path is None:
@@ -91,6 +92,10 @@ def manage(
     """``python manage.py ARGS`` in ``site``; ``settings`` a module to use instead."""
     extra = {"DJANGO_SETTINGS_MODULE": settings} if settings else {}
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=site, env=site_env(**extra, **env),
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        [sys.executable, "manage.py", *args],
+        cwd=site,
+        env=site_env(**extra, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -77,8 +77,10 @@ def _server_script() -> Path:
     script = Path(os.environ.get("RABBITMQ_SERVER_BIN", "/usr/lib/rabbitmq/bin/rabbitmq-server"))
     if (script := script.resolve()).with_name("rabbitmq-env").exists():  # not the su wrapper
         return script
-    raise RabbitServerError("rabbitmq-server not found: sudo apt-get install rabbitmq-server "
-                            "(`make test` does) or set RABBITMQ_SERVER_BIN")  # fmt: skip
+    raise RabbitServerError(
+        "rabbitmq-server not found: sudo apt-get install rabbitmq-server "
+        "(`make test` does) or set RABBITMQ_SERVER_BIN"
+    )
 
 
 def _link_minimal_home(real_home: Path, home: Path) -> bool:

@@ -46,8 +46,15 @@ from rabbit_processes import (
 )
 from servers import LOOPBACK, free_port
 
-__all__ = ["SHARED_RABBIT_URL", "AmqpCleanup", "RabbitServer", "RabbitServerError",
-           "amqp_connect", "ensure_running", "unique_name"]  # fmt: skip
+__all__ = [
+    "SHARED_RABBIT_URL",
+    "AmqpCleanup",
+    "RabbitServer",
+    "RabbitServerError",
+    "amqp_connect",
+    "ensure_running",
+    "unique_name",
+]
 
 SHARED_RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 _DIST_ON_LOOPBACK = "-kernel inet_dist_use_interface {127,0,0,1}"
@@ -57,11 +64,13 @@ _LIVE: set[RabbitServer] = set()  # strong references: a dropped object's node s
 def amqp_connect(url: str, **kwargs: Any) -> amqp.Connection:
     """A connected py-amqp connection for ``amqp://user:pass@host:port/vhost``."""
     parts = urlsplit(url)
-    conn = amqp.Connection(host=f"{parts.hostname}:{parts.port or 5672}",
-                           userid=unquote(parts.username or "guest"),
-                           password=unquote(parts.password or "guest"),
-                           virtual_host=unquote(parts.path[1:]) or "/",
-                           **{"connect_timeout": 2, **kwargs})  # fmt: skip
+    conn = amqp.Connection(
+        host=f"{parts.hostname}:{parts.port or 5672}",
+        userid=unquote(parts.username or "guest"),
+        password=unquote(parts.password or "guest"),
+        virtual_host=unquote(parts.path[1:]) or "/",
+        **{"connect_timeout": 2, **kwargs},
+    )
     conn.connect()
     return conn
 
@@ -74,8 +83,13 @@ def unique_name(prefix: str) -> str:
 class RabbitServer:
     """One private RabbitMQ node owned by a test; see the module docstring."""
 
-    def __init__(self, config: Mapping[str, str] | None = None, *,
-                 start_timeout: float = 60.0, minimal_plugins: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: Mapping[str, str] | None = None,
+        *,
+        start_timeout: float = 60.0,
+        minimal_plugins: bool = True,
+    ) -> None:
         """Prepare (not start) a node; ``config`` adds or overrides rabbitmq.conf settings."""
         self.config = dict(config or {})
         self.start_timeout = start_timeout
@@ -99,22 +113,32 @@ class RabbitServer:
         return f"logstream-test-{self.port}@localhost"
 
     def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("RABBITMQ_", "ERL_")) and k != "NOTIFY_SOCKET"}  # fmt: skip
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("RABBITMQ_", "ERL_")) and k != "NOTIFY_SOCKET"
+        }
         d = self.dir
-        return {**env, _TAG: self._tag, "HOME": str(d),  # a fresh .erlang.cookie there
-                "ERL_EPMD_ADDRESS": LOOPBACK,  # for an epmd the node starts if none runs
-                "RABBITMQ_SCRIPTS_DIR": str(self._home / "sbin"),
-                "RABBITMQ_PLUGINS_DIR": str(self._home / "plugins"),
-                "RABBITMQ_NODENAME": self.nodename, "RABBITMQ_NODE_IP_ADDRESS": LOOPBACK,
-                "RABBITMQ_NODE_PORT": str(self.port), "RABBITMQ_DIST_PORT": str(self.dist_port),
-                "RABBITMQ_CONF_ENV_FILE": f"{d}/rabbitmq-env.conf",
-                "RABBITMQ_CONFIG_FILE": f"{d}/rabbitmq.conf",
-                "RABBITMQ_ADVANCED_CONFIG_FILE": f"{d}/advanced.config",
-                "RABBITMQ_ENABLED_PLUGINS_FILE": f"{d}/enabled_plugins",
-                "RABBITMQ_MNESIA_BASE": f"{d}/mnesia", "RABBITMQ_LOG_BASE": f"{d}/log",
-                "RABBITMQ_LOGS": "-",  # everything to stdout: our log file
-                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": _DIST_ON_LOOPBACK}  # fmt: skip
+        return {
+            **env,
+            _TAG: self._tag,
+            "HOME": str(d),  # a fresh .erlang.cookie there
+            "ERL_EPMD_ADDRESS": LOOPBACK,  # for an epmd the node starts if none runs
+            "RABBITMQ_SCRIPTS_DIR": str(self._home / "sbin"),
+            "RABBITMQ_PLUGINS_DIR": str(self._home / "plugins"),
+            "RABBITMQ_NODENAME": self.nodename,
+            "RABBITMQ_NODE_IP_ADDRESS": LOOPBACK,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_CONF_ENV_FILE": f"{d}/rabbitmq-env.conf",
+            "RABBITMQ_CONFIG_FILE": f"{d}/rabbitmq.conf",
+            "RABBITMQ_ADVANCED_CONFIG_FILE": f"{d}/advanced.config",
+            "RABBITMQ_ENABLED_PLUGINS_FILE": f"{d}/enabled_plugins",
+            "RABBITMQ_MNESIA_BASE": f"{d}/mnesia",
+            "RABBITMQ_LOG_BASE": f"{d}/log",
+            "RABBITMQ_LOGS": "-",  # everything to stdout: our log file
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": _DIST_ON_LOOPBACK,
+        }
 
     def start(self) -> RabbitServer:
         """Start the node; return once an AMQP connection as guest succeeds."""
@@ -135,17 +159,30 @@ class RabbitServer:
         return self  # pragma: no cover
 
     def _spawn_and_wait(self) -> None:
-        settings = {"listeners.tcp.default": f"{LOOPBACK}:{self.port}", "loopback_users": "none",
-                    "disk_free_limit.absolute": "1MB", **self.config}  # fmt: skip
-        for name, text in (("rabbitmq.conf", "".join(f"{k} = {v}\n" for k, v in settings.items())),
-                           ("enabled_plugins", "[].\n"), ("rabbitmq-env.conf", "")):  # fmt: skip
+        settings = {
+            "listeners.tcp.default": f"{LOOPBACK}:{self.port}",
+            "loopback_users": "none",
+            "disk_free_limit.absolute": "1MB",
+            **self.config,
+        }
+        for name, text in (
+            ("rabbitmq.conf", "".join(f"{k} = {v}\n" for k, v in settings.items())),
+            ("enabled_plugins", "[].\n"),
+            ("rabbitmq-env.conf", ""),
+        ):
             (self.dir / name).write_text(text)
         with open(self.log_path, "ab") as log:
             log.write(f"\n--- starting {self.nodename} (dist port {self.dist_port})\n".encode())
             log.flush()  # own session: a Ctrl-C for pytest must not reach the node
-            self._proc = subprocess.Popen([self.script], stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, cwd=self.dir, env=self._env(),
-                                          start_new_session=True)  # fmt: skip
+            self._proc = subprocess.Popen(
+                [self.script],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                env=self._env(),
+                start_new_session=True,
+            )
         self._paused, self._beam = False, None
         deadline, error = time.monotonic() + self.start_timeout, None
         while time.monotonic() < deadline and self._proc.poll() is None:
@@ -159,8 +196,10 @@ class RabbitServer:
         code = self._proc.poll()
         self.kill()
         why = f"exited with code {code}" if code is not None else f"gave no AMQP ({error!r})"
-        raise RabbitServerError(f"{self.nodename} {why} within {self.start_timeout}s of its "
-                                f"start; log {self.log_path}:\n{self.read_log(80)}")  # fmt: skip
+        raise RabbitServerError(
+            f"{self.nodename} {why} within {self.start_timeout}s of its "
+            f"start; log {self.log_path}:\n{self.read_log(80)}"
+        )
 
     def kill(self) -> None:
         """SIGKILL every process of the node and wait until all are gone: a crash."""
@@ -253,8 +292,13 @@ class RabbitServer:
         port = str(free_port())  # for the CLI's own node (default 35672-35682, shared)
         env = {**self._env(), "RABBITMQ_CTL_DIST_PORT_MIN": port}
         env.update(RABBITMQ_CTL_DIST_PORT_MAX=port, RABBITMQ_SCRIPTS_DIR=str(self.script.parent))
-        done = subprocess.run([self.script.with_name("rabbitmqctl"), "-n", self.nodename, *args],
-                              env=env, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+        done = subprocess.run(
+            [self.script.with_name("rabbitmqctl"), "-n", self.nodename, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if done.returncode:
             raise RabbitServerError(f"rabbitmqctl {' '.join(args)}: {done.stdout}{done.stderr}")
         return done.stdout
@@ -345,9 +389,11 @@ def rabbit_url() -> str:
     try:
         amqp_connect(SHARED_RABBIT_URL, connect_timeout=3).close()
     except Exception as exc:
-        pytest.fail(f"no RabbitMQ answers at {SHARED_RABBIT_URL} ({exc!r}); these tests need the "
-                    "machine's broker: sudo service rabbitmq-server start, or `make test`",
-                    pytrace=False)  # fmt: skip
+        pytest.fail(
+            f"no RabbitMQ answers at {SHARED_RABBIT_URL} ({exc!r}); these tests need the "
+            "machine's broker: sudo service rabbitmq-server start, or `make test`",
+            pytrace=False,
+        )
     return SHARED_RABBIT_URL
 
 

@@ -108,12 +108,40 @@ def _leaf(directory: Path, name: str, subject: str, extensions: str) -> tuple[Pa
     key, csr, cert = (directory / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
     ext_file = directory / f"{name}.ext"
     ext_file.write_text(_LEAF + extensions)
-    _openssl("req", "-new", "-nodes", "-newkey", "ec", "-pkeyopt",
-             "ec_paramgen_curve:prime256v1", "-keyout", key.name, "-out", csr.name,
-             "-subj", subject, cwd=directory)  # fmt: skip
-    _openssl("x509", "-req", "-in", csr.name, "-CA", "ca.crt", "-CAkey", "ca.key",
-             "-CAcreateserial", "-days", "2", "-out", cert.name, "-extfile", ext_file.name,
-             cwd=directory)  # fmt: skip
+    _openssl(
+        "req",
+        "-new",
+        "-nodes",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-keyout",
+        key.name,
+        "-out",
+        csr.name,
+        "-subj",
+        subject,
+        cwd=directory,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        csr.name,
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        cert.name,
+        "-extfile",
+        ext_file.name,
+        cwd=directory,
+    )
     return cert, key
 
 
@@ -124,14 +152,33 @@ def make_certificates(directory: Path, host: str = TLS_HOST) -> Certificates:
     Each carries what strict X.509 checking requires (see ``_CA_CONFIG``)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "ca.cnf").write_text(_CA_CONFIG)
-    _openssl("req", "-x509", "-new", "-nodes", "-newkey", "ec", "-pkeyopt",
-             "ec_paramgen_curve:prime256v1", "-keyout", "ca.key", "-out", "ca.crt",
-             "-days", "2", "-subj", "/CN=redis-logstream test CA", "-config", "ca.cnf",
-             cwd=directory)  # fmt: skip
+    _openssl(
+        "req",
+        "-x509",
+        "-new",
+        "-nodes",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=redis-logstream test CA",
+        "-config",
+        "ca.cnf",
+        cwd=directory,
+    )
     server_cert, server_key = _leaf(
-        directory, "server", f"/CN={host}",
+        directory,
+        "server",
+        f"/CN={host}",
         f"subjectAltName=DNS:{host}\nextendedKeyUsage=serverAuth\n",
-    )  # fmt: skip
+    )
     client_cert, client_key = _leaf(
         directory, "client", "/CN=redis-logstream test client", "extendedKeyUsage=clientAuth\n"
     )
@@ -169,18 +216,40 @@ class SecureRedisServer(RedisServer):
 
     def _command(self) -> list[str]:
         cmd = [
-            self.binary, "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
-            "--dir", str(self.dir), "--daemonize", "no", "--aclfile", str(self.acl_path),
-        ]  # fmt: skip
+            self.binary,
+            "--bind",
+            LOOPBACK,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--daemonize",
+            "no",
+            "--aclfile",
+            str(self.acl_path),
+        ]
         certs = self.certificates
         if certs is None:
             return [*cmd, "--port", str(self.port), *self.args]
         auth_clients = "yes" if self.client_certificates else "no"
         return [
-            *cmd, "--port", "0", "--tls-port", str(self.port),
-            "--tls-cert-file", str(certs.server_cert), "--tls-key-file", str(certs.server_key),
-            "--tls-ca-cert-file", str(certs.ca), "--tls-auth-clients", auth_clients, *self.args,
-        ]  # fmt: skip
+            *cmd,
+            "--port",
+            "0",
+            "--tls-port",
+            str(self.port),
+            "--tls-cert-file",
+            str(certs.server_cert),
+            "--tls-key-file",
+            str(certs.server_key),
+            "--tls-ca-cert-file",
+            str(certs.ca),
+            "--tls-auth-clients",
+            auth_clients,
+            *self.args,
+        ]
 
     def _probe(self) -> redis.Redis:
         """The admin user's client (over TLS, with the CA, when the server

@@ -47,15 +47,23 @@ class SentinelServer(RedisServer):
                 f"sentinel failover-timeout {name} 5000\n"
                 f"sentinel parallel-syncs {name} 1\n"
             )
-        return [self.binary, str(self.conf_path), "--sentinel", "--port", str(self.port),
-                "--daemonize", "no"]  # fmt: skip
+        return [
+            self.binary,
+            str(self.conf_path),
+            "--sentinel",
+            "--port",
+            str(self.port),
+            "--daemonize",
+            "no",
+        ]
 
 
 class SentinelServers(_Topology):
     """A primary, its replica and three sentinels watching them as ``service_name``."""
 
-    def __init__(self, service_name: str = "logstream", *, fast: bool = True,
-                 start_timeout: float = 20.0) -> None:  # fmt: skip
+    def __init__(
+        self, service_name: str = "logstream", *, fast: bool = True, start_timeout: float = 20.0
+    ) -> None:
         self.service_name = service_name
         self.fast = fast
         self.start_timeout = start_timeout
@@ -80,8 +88,15 @@ class SentinelServers(_Topology):
             self.sentinels[-1].start()
             if self.fast:  # SENTINEL DEBUG is Redis >= 7; an older one is just slower
                 with contextlib.suppress(redis.ResponseError):
-                    _ask(self.sentinels[-1], "SENTINEL", "DEBUG", "info-period", 1000,
-                         "publish-period", 500)  # fmt: skip
+                    _ask(
+                        self.sentinels[-1],
+                        "SENTINEL",
+                        "DEBUG",
+                        "info-period",
+                        1000,
+                        "publish-period",
+                        500,
+                    )
         _wait(self._sentinels_ready, self.start_timeout, "sentinels ready", self._diagnose)
 
     @property
@@ -112,8 +127,9 @@ class SentinelServers(_Topology):
         """A ``redis.Redis`` to the primary through the sentinels: short timeouts, no retry."""
         quick = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5, "retry": no_retry()}
         sentinel = Sentinel(self.sentinel_addresses, sentinel_kwargs=quick, **quick)
-        client = sentinel.master_for(self.service_name, **{**quick, "socket_timeout": 2.0,
-                                                           **kwargs})  # fmt: skip
+        client = sentinel.master_for(
+            self.service_name, **{**quick, "socket_timeout": 2.0, **kwargs}
+        )
         self._clients += [*sentinel.sentinels, client]
         return client
 
@@ -137,8 +153,12 @@ class SentinelServers(_Topology):
         try:
             _wait(lambda: self._caught_up(old, new), timeout, "replica caught up", self._diagnose)
             _ask(self.sentinels[0], "SENTINEL", "FAILOVER", self.service_name)
-            _wait(lambda: _ask(new, "ROLE")[0] == "master" and not self._good_replicas(old),
-                  timeout, f"promotion of {new!r}", self._diagnose)  # fmt: skip
+            _wait(
+                lambda: _ask(new, "ROLE")[0] == "master" and not self._good_replicas(old),
+                timeout,
+                f"promotion of {new!r}",
+                self._diagnose,
+            )
         finally:
             _ask(old, "CLIENT", "UNPAUSE")
         return self._wait_promoted(new, timeout)

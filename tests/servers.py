@@ -146,14 +146,20 @@ class RedisServer:
         """The redis-server command line (a subclass adds ACLs or TLS)."""
         return [
             self.binary,
-            "--port", str(self.port),
-            "--bind", LOOPBACK,
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.dir),
-            "--daemonize", "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            LOOPBACK,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--daemonize",
+            "no",
             *self.args,
-        ]  # fmt: skip
+        ]
 
     def _probe(self) -> redis.Redis:
         """The client whose PING says the server is ready."""

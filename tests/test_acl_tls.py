@@ -44,10 +44,17 @@ READER = "resetchannels %R~stream:logs:* +xrevrange +xrange +xread +xlen +time +
 # One user for a whole site: the writer line plus the reader grants.
 SITE = WRITER + " +xrevrange +xrange +xread +xlen +time +client|setname"
 LISTENER = "resetchannels &logs:* +subscribe +psubscribe"
-PURGER = ("resetchannels ~stream:logs:* ~stream:logs/dead-letter/* +scan +type +xlen +multi +exec "
-          "+del +xrevrange +xrange +xdel")  # fmt: skip
-ROLES = {"logwriter": WRITER, "logreader": READER, "logsite": SITE, "loglistener": LISTENER,
-         "logpurger": PURGER}  # fmt: skip
+PURGER = (
+    "resetchannels ~stream:logs:* ~stream:logs/dead-letter/* +scan +type +xlen +multi +exec "
+    "+del +xrevrange +xrange +xdel"
+)
+ROLES = {
+    "logwriter": WRITER,
+    "logreader": READER,
+    "logsite": SITE,
+    "loglistener": LISTENER,
+    "logpurger": PURGER,
+}
 
 ALICE = "User.alice"
 ALICE_KEY, GLOBAL_KEY = f"stream:logs:{ALICE}", "stream:logs:global"
@@ -149,9 +156,11 @@ def test_the_writer_line_lets_the_handler_store_publish_trim_and_expire(
     heard = [listener.get_message(timeout=2) for _ in range(4)]
     listener.close()
     assert sorted((m["channel"], m["pattern"] or b"") for m in heard if m) == [
-        (b"logs:User.alice", b""), (b"logs:User.alice", b"logs:*"),
-        (b"logs:global", b"logs:*"), (b"logs:global", b"logs:*"),
-    ]  # fmt: skip
+        (b"logs:User.alice", b""),
+        (b"logs:User.alice", b"logs:*"),
+        (b"logs:global", b"logs:*"),
+        (b"logs:global", b"logs:*"),
+    ]
     for i in range(300):
         write(f"r{i}", ALICE, flush=False)
     write.flush()
@@ -171,8 +180,10 @@ def test_without_any_part_of_the_writer_line_redis_refuses_the_handler(
     handler.flush(1.0)
     assert ("probe", *refused) in acl.denials()
     stats = handler.stats()
-    print(f"FIGURE writer without {part}: refused {refused}; stats errors={stats['errors']} "
-          f"failed={stats['failed']} last_error={stats['last_error']!r}")  # fmt: skip
+    print(
+        f"FIGURE writer without {part}: refused {refused}; stats errors={stats['errors']} "
+        f"failed={stats['failed']} last_error={stats['last_error']!r}"
+    )
     assert stats["errors"] >= 1
     if part in HOUSEKEEPING:  # the records are stored; the refusal is still seen
         assert stats["failed"] == 0 and stats["sent"] == 1
@@ -196,14 +207,28 @@ def test_a_refused_write_is_counted_with_the_reason_and_never_raised(
 # -- ACL: each role stays in its lane -------------------------------------------
 
 FORBIDDEN = {
-    "logwriter": [("XRANGE", GLOBAL_KEY, "-", "+"), ("XREAD", "STREAMS", GLOBAL_KEY, "0"),
-                  ("XADD", "other", "*", "data", "x"), ("KEYS", "*"), ("SCAN", "0"),
-                  ("SUBSCRIBE", "logs:global"), ("FLUSHALL",), ("CONFIG", "GET", "*")],
-    "logreader": [("XADD", GLOBAL_KEY, "*", "data", "x"), ("DEL", GLOBAL_KEY),
-                  ("EXPIRE", GLOBAL_KEY, "1"), ("XTRIM", GLOBAL_KEY, "MAXLEN", "0"),
-                  ("PUBLISH", "logs:global", "x"), ("EVAL", "return 1", "0"),
-                  ("XRANGE", "other", "-", "+"), ("KEYS", "*"), ("FLUSHALL",)],
-}  # fmt: skip
+    "logwriter": [
+        ("XRANGE", GLOBAL_KEY, "-", "+"),
+        ("XREAD", "STREAMS", GLOBAL_KEY, "0"),
+        ("XADD", "other", "*", "data", "x"),
+        ("KEYS", "*"),
+        ("SCAN", "0"),
+        ("SUBSCRIBE", "logs:global"),
+        ("FLUSHALL",),
+        ("CONFIG", "GET", "*"),
+    ],
+    "logreader": [
+        ("XADD", GLOBAL_KEY, "*", "data", "x"),
+        ("DEL", GLOBAL_KEY),
+        ("EXPIRE", GLOBAL_KEY, "1"),
+        ("XTRIM", GLOBAL_KEY, "MAXLEN", "0"),
+        ("PUBLISH", "logs:global", "x"),
+        ("EVAL", "return 1", "0"),
+        ("XRANGE", "other", "-", "+"),
+        ("KEYS", "*"),
+        ("FLUSHALL",),
+    ],
+}
 
 
 @pytest.mark.parametrize("user", sorted(FORBIDDEN))
@@ -232,11 +257,13 @@ def read_like_the_readers(url: str) -> None:
     client = client_for_url(url, block_ms=100)
     named = follower_client(client)
     reader = StreamReader(client, block_ms=100)
-    steps = (lambda: reader.snapshot(ALICE, 5, since="1h"),
-             lambda: list(reader.follow(ALICE, "0-0", timeout=0.1)),
-             lambda: named.xrevrange(ALICE_KEY, count=1),
-             lambda: client.xrange(ALICE_KEY, "(0-0", "+"),
-             lambda: client.xlen(ALICE_KEY))  # fmt: skip
+    steps = (
+        lambda: reader.snapshot(ALICE, 5, since="1h"),
+        lambda: list(reader.follow(ALICE, "0-0", timeout=0.1)),
+        lambda: named.xrevrange(ALICE_KEY, count=1),
+        lambda: client.xrange(ALICE_KEY, "(0-0", "+"),
+        lambda: client.xlen(ALICE_KEY),
+    )
     for step in steps:
         with contextlib.suppress(redis.RedisError):
             step()
@@ -284,8 +311,13 @@ def console_script(*args: str) -> subprocess.Popen[str]:
     script = Path(sys.executable).with_name("redis-logstream")
     env = {k: v for k, v in os.environ.items() if k not in {"DJANGO_SETTINGS_MODULE", "REDIS_URL"}}
     env["PYTHONPATH"] = str(REPO / "src")
-    return subprocess.Popen([str(script), "tail", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    return subprocess.Popen(
+        [str(script), "tail", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def watch_in_process(console: Any, url: str, write: Writer) -> list[str]:
@@ -303,8 +335,11 @@ def watch_in_process(console: Any, url: str, write: Writer) -> list[str]:
         seen += [e for e in parse_events(next(chunks)) if e.event == "log"]
     response.close()
     resumed = Client().get(stream, HTTP_LAST_EVENT_ID=seen[0].id)
-    after = [e.json["message"] for e in parse_events(next(iter(resumed.streaming_content)))
-             if e.event == "log"]  # fmt: skip
+    after = [
+        e.json["message"]
+        for e in parse_events(next(iter(resumed.streaming_content)))
+        if e.event == "log"
+    ]
     resumed.close()
     assert after == [e.json["message"] for e in seen[1:]]
     return [e.json["message"] for e in seen]
@@ -351,8 +386,9 @@ def test_the_purge_line_lets_purge_log_context_delete_streams(
     admin.xadd("stream:logs/dead-letter/audit", {"data": fields[b"data"], "id": entry_id})
     out = io.StringIO()
     call_command("purge_log_context", ALICE, "--url", acl.url_for("logpurger"), stdout=out)
-    call_command("purge_log_context", "--all", "--yes", "--url", acl.url_for("logpurger"),
-                 stdout=out)  # fmt: skip
+    call_command(
+        "purge_log_context", "--all", "--yes", "--url", acl.url_for("logpurger"), stdout=out
+    )
     assert f"deleted {ALICE_KEY} (2 entries)" in out.getvalue()
     assert f"removed 2 entries from {GLOBAL_KEY} (2 scanned)" in out.getvalue()
     assert "removed 1 entry from stream:logs/dead-letter/audit (1 scanned)" in out.getvalue()

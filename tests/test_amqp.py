@@ -140,8 +140,16 @@ def test_messages_carry_the_wire_json_and_its_properties(broker, handler):
     [message] = broker.messages(queue)
     record = json.loads(message.body)
     assert record["message"] == "the same JSON as on Redis"
-    assert set(record) == {"message", "level", "levelno", "timestamp", "logger", "context",
-                           "pod", "pid"}  # fmt: skip
+    assert set(record) == {
+        "message",
+        "level",
+        "levelno",
+        "timestamp",
+        "logger",
+        "context",
+        "pod",
+        "pid",
+    }
     assert message.properties["content_type"] == "application/json"
     assert message.properties["app_id"] == "redis_logstream"
     assert int(before) <= message.properties["timestamp"] <= time.time()
@@ -150,8 +158,9 @@ def test_messages_carry_the_wire_json_and_its_properties(broker, handler):
 
 def test_persistent_messages_and_a_durable_exchange_are_options(rabbit_url):
     name = f"test-durable-{uuid.uuid4().hex[:10]}"
-    handler = AmqpLogHandler(url=rabbit_url, exchange=name, exchange_durable=True,
-                             persistent=True, flush_interval=0.01)  # fmt: skip
+    handler = AmqpLogHandler(
+        url=rabbit_url, exchange=name, exchange_durable=True, persistent=True, flush_interval=0.01
+    )
     broker = Broker()
     logger = fresh_logger(handler)
     try:
@@ -180,13 +189,21 @@ def test_settings_and_dictconfig_configure_the_handler(broker, rabbit_url):
         "STREAM_MAXLEN": 5,
     }  # Redis-only: ignored
     with override_settings(REDIS_LOGSTREAM=settings):
-        logging.config.dictConfig({
-            "version": 1, "disable_existing_loggers": False,
-            "handlers": {"rabbit": {"class": "redis_logstream.amqp.AmqpLogHandler",
-                                    "flush_interval": 0.01}},
-            "loggers": {"configured": {"handlers": ["rabbit"], "level": "INFO",
-                                       "propagate": False}},
-        })  # fmt: skip
+        logging.config.dictConfig(
+            {
+                "version": 1,
+                "disable_existing_loggers": False,
+                "handlers": {
+                    "rabbit": {
+                        "class": "redis_logstream.amqp.AmqpLogHandler",
+                        "flush_interval": 0.01,
+                    }
+                },
+                "loggers": {
+                    "configured": {"handlers": ["rabbit"], "level": "INFO", "propagate": False}
+                },
+            }
+        )
         handler = logging.getLogger("configured").handlers[0]
         try:
             assert handler.options.queue_size == 123 and handler.options.exchange == broker.exchange
@@ -215,10 +232,23 @@ def test_bad_options_fail_at_configuration(options, error, message):
 
 def test_tail_amqp_prints_what_the_patterns_select(broker, handler, rabbit_url):
     tail = subprocess.Popen(
-        [sys.executable, "-m", "redis_logstream.cli", "tail", "--amqp", rabbit_url,
-         "--exchange", broker.exchange, "--bind", "*.ERROR.#", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "redis_logstream.cli",
+            "tail",
+            "--amqp",
+            rabbit_url,
+            "--exchange",
+            broker.exchange,
+            "--bind",
+            "*.ERROR.#",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert "listening to" in tail.stderr.readline()  # bound: what is published now arrives
         emit_mix("shop", handler)
@@ -254,10 +284,20 @@ def test_tail_uses_a_durable_exchange_as_the_handler_made_it(rabbit_url):
     broker = Broker()
     broker.channel.exchange_declare(name, "topic", durable=True, auto_delete=False)
     tail = subprocess.Popen(
-        [sys.executable, "-m", "redis_logstream.cli", "tail", "--amqp", rabbit_url,
-         "--exchange", name],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "redis_logstream.cli",
+            "tail",
+            "--amqp",
+            rabbit_url,
+            "--exchange",
+            name,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert "listening to" in tail.stderr.readline()
     finally:
@@ -271,8 +311,9 @@ def test_an_exchange_declared_otherwise_is_reported_and_nothing_is_lost(rabbit_u
     name = f"test-durable-{uuid.uuid4().hex[:10]}"
     broker = Broker()
     broker.channel.exchange_declare(name, "topic", durable=True, auto_delete=False)
-    handler = AmqpLogHandler(url=rabbit_url, exchange=name, flush_interval=0.01,
-                             shutdown_timeout=0.2)  # fmt: skip
+    handler = AmqpLogHandler(
+        url=rabbit_url, exchange=name, flush_interval=0.01, shutdown_timeout=0.2
+    )
     try:
         logger = fresh_logger(handler)
         for i in range(5):

@@ -69,8 +69,11 @@ class Running(threading.Thread):
         self.seen: list[str] = []
         self.consumer = AmqpConsumer(
             callback or (lambda entry: self.seen.append(entry.message)),
-            url=url, group=group, exchange=exchange, **options,
-        )  # fmt: skip
+            url=url,
+            group=group,
+            exchange=exchange,
+            **options,
+        )
         self.status: int | None = None
 
     def run(self) -> None:
@@ -91,9 +94,11 @@ def numbered(count: int) -> list[str]:
 
 
 def test_consumers_of_a_group_share_and_every_group_gets_everything(rabbit_url, exchange, log):
-    with Running(rabbit_url, exchange, "alerts", batch=10) as a1, \
-            Running(rabbit_url, exchange, "alerts", batch=10) as a2, \
-            Running(rabbit_url, exchange, "archive") as archive:  # fmt: skip
+    with (
+        Running(rabbit_url, exchange, "alerts", batch=10) as a1,
+        Running(rabbit_url, exchange, "alerts", batch=10) as a2,
+        Running(rabbit_url, exchange, "archive") as archive,
+    ):
         log(*numbered(1000))
         wait_for(lambda: len(a1.seen) + len(a2.seen) == 1000 and len(archive.seen) == 1000)
     assert sorted(a1.seen + a2.seen) == sorted(numbered(1000))
@@ -150,11 +155,28 @@ def test_a_consumer_killed_with_records_in_hand_leaves_them_to_another(
         "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
     }
     doomed = subprocess.Popen(
-        [sys.executable, "-m", "redis_logstream.cli", "consume", "--amqp", rabbit_url,
-         "--exchange", exchange, "--global", "--group", "g", "--batch", "20",
-         "--callback", "consume_callbacks:slowly"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "redis_logstream.cli",
+            "consume",
+            "--amqp",
+            rabbit_url,
+            "--exchange",
+            exchange,
+            "--global",
+            "--group",
+            "g",
+            "--batch",
+            "20",
+            "--callback",
+            "consume_callbacks:slowly",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out = tmp_path / "out.txt"
     with Running(rabbit_url, exchange, "probe"):
         pass  # the exchange exists; now wait for the doomed consumer's queue
@@ -197,7 +219,7 @@ def _dead_letters(exchange: str, group: str) -> list[amqp.Message]:
     conn.connect()
     channel = conn.channel()
     found = []
-    while (message := channel.basic_get(dead_letter_queue(exchange, group), no_ack=True)):
+    while message := channel.basic_get(dead_letter_queue(exchange, group), no_ack=True):
         found.append(message)
     conn.close()
     return found
@@ -208,17 +230,39 @@ class CliConsumer:
 
     def __init__(self, tmp_path: Path, rabbit_url: str, exchange: str, *args: str) -> None:
         self.out = tmp_path / "out.txt"
-        env = {**os.environ, "CONSUMED": str(self.out), "HANDED": str(tmp_path / "handed.txt"),
-               "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+        env = {
+            **os.environ,
+            "CONSUMED": str(self.out),
+            "HANDED": str(tmp_path / "handed.txt"),
+            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "redis_logstream.cli", "consume", "--amqp", rabbit_url,
-             "--exchange", exchange, "--global", "--group", "g", *args],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "redis_logstream.cli",
+                "consume",
+                "--amqp",
+                rabbit_url,
+                "--exchange",
+                exchange,
+                "--global",
+                "--group",
+                "g",
+                *args,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def handled(self) -> list[str]:
-        return [line.split(" ", 2)[2] for line in self.out.read_text().splitlines()] \
-            if self.out.exists() else []  # fmt: skip
+        return (
+            [line.split(" ", 2)[2] for line in self.out.read_text().splitlines()]
+            if self.out.exists()
+            else []
+        )
 
 
 def _systemd(start, settled, kill_when=None, starts: int = 7) -> list[int]:
@@ -249,8 +293,11 @@ def test_a_poison_message_is_dead_lettered_after_max_deliveries_and_the_group_go
     seen: list[CliConsumer] = []
 
     def start() -> CliConsumer:
-        seen.append(CliConsumer(tmp_path, rabbit_url, exchange,
-                                "--callback", "consume_callbacks:crash_on_boom"))  # fmt: skip
+        seen.append(
+            CliConsumer(
+                tmp_path, rabbit_url, exchange, "--callback", "consume_callbacks:crash_on_boom"
+            )
+        )
         return seen[-1]
 
     def settled() -> bool:
@@ -284,8 +331,10 @@ def test_a_poison_message_is_dead_lettered_after_max_deliveries_and_the_group_go
     assert [line for line in handed if "boom" in line] == [f"{n} boom 42" for n in range(1, 6)]
     # Received behind it by a consumer that stopped: put back, not charged.
     assert {line.split()[0] for line in handed if "boom" not in line} == {"1"}
-    print(f"FIGURE poison message, RabbitMQ: {len(statuses)} starts (exit {statuses}), "
-          f"{len(handled)} other records handled once each, {took:.1f} s in all")  # fmt: skip
+    print(
+        f"FIGURE poison message, RabbitMQ: {len(statuses)} starts (exit {statuses}), "
+        f"{len(handled)} other records handled once each, {took:.1f} s in all"
+    )
 
 
 def test_a_consumer_killed_on_the_poison_message_counts_that_delivery(
@@ -297,8 +346,17 @@ def test_a_consumer_killed_on_the_poison_message_counts_that_delivery(
     seen: list[CliConsumer] = []
 
     def start() -> CliConsumer:
-        seen.append(CliConsumer(tmp_path, rabbit_url, exchange, "--max-deliveries", "3",
-                                "--callback", "consume_callbacks:hang_on_boom"))  # fmt: skip
+        seen.append(
+            CliConsumer(
+                tmp_path,
+                rabbit_url,
+                exchange,
+                "--max-deliveries",
+                "3",
+                "--callback",
+                "consume_callbacks:hang_on_boom",
+            )
+        )
         return seen[-1]
 
     def hanging() -> bool:
@@ -336,8 +394,12 @@ def test_a_consumer_killed_on_the_poison_message_counts_that_delivery(
 def test_a_quorum_queues_own_delivery_count_is_used(rabbit_url, exchange, log):
     conn = amqp.Connection("127.0.0.1:5672")
     conn.connect()
-    conn.channel().queue_declare(queue_name(exchange, "g"), durable=True, auto_delete=False,
-                                 arguments={"x-queue-type": "quorum"})  # fmt: skip
+    conn.channel().queue_declare(
+        queue_name(exchange, "g"),
+        durable=True,
+        auto_delete=False,
+        arguments={"x-queue-type": "quorum"},
+    )
     conn.close()
     deliveries: list[int] = []
 

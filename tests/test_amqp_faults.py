@@ -66,9 +66,13 @@ def test_a_killed_broker_costs_the_caller_nothing_and_the_records_arrive_in_orde
 ):
     durable_queue(rabbit_server)
     handler = AmqpLogHandler(
-        url=rabbit_server.url, exchange=EXCHANGE, exchange_durable=True, persistent=True,
-        flush_interval=0.01, queue_size=100_000,
-    )  # fmt: skip
+        url=rabbit_server.url,
+        exchange=EXCHANGE,
+        exchange_durable=True,
+        persistent=True,
+        flush_interval=0.01,
+        queue_size=100_000,
+    )
     logger = fresh_logger(handler)
     try:
         up_costs, before = log_batches(logger, "before", 20)
@@ -127,8 +131,9 @@ def test_a_record_over_the_brokers_max_message_size_is_skipped_and_the_rest_arri
     with RabbitServer({"max_message_size": "8192"}) as server:
         server.start()
         durable_queue(server)
-        handler = AmqpLogHandler(url=server.url, exchange=EXCHANGE, exchange_durable=True,
-                                 flush_interval=0.5)  # fmt: skip
+        handler = AmqpLogHandler(
+            url=server.url, exchange=EXCHANGE, exchange_durable=True, flush_interval=0.5
+        )
         logger = fresh_logger(handler)
         try:
             expected = []
@@ -149,7 +154,9 @@ def test_a_record_over_the_brokers_max_message_size_is_skipped_and_the_rest_arri
     assert stats["sent"] == 1000 and stats["failed"] == 1 and stats["pending"] == 0
     assert "PRECONDITION_FAILED" in stats["last_error"]
     twice = len(received) - len(unique)
-    print(f"FIGURE max_message_size: 1,000 records around one refused: delivered "
-          f"{len(unique)}, {twice} twice (unconfirmed when the channel closed), "
-          f"{stats['retries']} retries, settled in {took:.2f} s")  # fmt: skip
+    print(
+        f"FIGURE max_message_size: 1,000 records around one refused: delivered "
+        f"{len(unique)}, {twice} twice (unconfirmed when the channel closed), "
+        f"{stats['retries']} retries, settled in {took:.2f} s"
+    )
     assert twice <= 300, "only what the broker had not confirmed may come twice"

@@ -49,7 +49,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # Celery reads these itself and lets them win over any app's own settings:
 # left over from a shell, they would send the tests' messages elsewhere.
 CELERY_VARIABLES = (
-    "CELERY_BROKER_URL", "CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL",
+    "CELERY_BROKER_URL",
+    "CELERY_BROKER_READ_URL",
+    "CELERY_BROKER_WRITE_URL",
     "CELERY_RESULT_BACKEND",
 )
 START_TIMEOUT = 30.0
@@ -263,13 +265,31 @@ class Worker:
 
     def start(self, env: dict[str, str]) -> None:
         command = [
-            sys.executable, "-m", "celery", "-A", "testproject.celery_app", "worker",
-            "--pool=solo", "--concurrency=1", "-Q", self.queue, "-n", f"{self.queue}@tests",
-            "--without-heartbeat", "--without-gossip", "--without-mingle", "-l", "info",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "testproject.celery_app",
+            "worker",
+            "--pool=solo",
+            "--concurrency=1",
+            "-Q",
+            self.queue,
+            "-n",
+            f"{self.queue}@tests",
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "info",
         ]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                command,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         deadline = time.monotonic() + START_TIMEOUT
@@ -318,8 +338,11 @@ def worker(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
         for name in CELERY_VARIABLES:
             patch.delenv(name, raising=False)
         client = Celery(
-            "redis-logstream-tests", broker=broker.url, backend=broker.url,
-            set_as_current=False, fixups=(),
+            "redis-logstream-tests",
+            broker=broker.url,
+            backend=broker.url,
+            set_as_current=False,
+            fixups=(),
         )
         # A result dropped after the broker stopped must not retry for minutes
         # (AsyncResult.__del__ reconnects to unsubscribe).
@@ -375,9 +398,11 @@ def test_a_task_sent_under_a_user_context_logs_to_that_users_stream(
     assert {(r["context"], r["pid"], r["logger"]) for r in records} == {
         ("User.alice", worker.pid, "testproject.tasks")
     }
-    from_the_view = wait_for(lambda: [
-        e for e in entries(redis_client, "stream:logs:User.alice") if e["pid"] != worker.pid
-    ])
+    from_the_view = wait_for(
+        lambda: [
+            e for e in entries(redis_client, "stream:logs:User.alice") if e["pid"] != worker.pid
+        ]
+    )
     assert [e["message"] for e in from_the_view] == ["alice asked for a report"]
 
 
@@ -405,10 +430,13 @@ def test_the_worker_resets_the_context_after_each_task_even_a_failed_one(
     # The worker logs "Task ...[id] received" before the task's context is set:
     # a context left over from the previous task would show there.
     for result in (failed, later):
-        received = wait_for(lambda r=result: [
-            e for e in entries(redis_client, "stream:logs:global")
-            if e["message"].endswith(f"[{r.id}] received")
-        ])
+        received = wait_for(
+            lambda r=result: [
+                e
+                for e in entries(redis_client, "stream:logs:global")
+                if e["message"].endswith(f"[{r.id}] received")
+            ]
+        )
         assert received[0]["context"] is None
     alice = entries(redis_client, "stream:logs:User.alice")
     assert not [e for e in alice if later.id in e["message"]]

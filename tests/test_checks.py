@@ -22,7 +22,9 @@ def ids(settings) -> list[str]:
 def with_handler(settings, **options) -> None:
     logging_config = copy.deepcopy(settings.LOGGING)
     logging_config["handlers"]["redis"] = {
-        "class": "redis_logstream.RedisLogHandler", "level": "INFO", **options,
+        "class": "redis_logstream.RedisLogHandler",
+        "level": "INFO",
+        **options,
     }
     settings.LOGGING = logging_config
 
@@ -96,9 +98,16 @@ def test_manage_py_check_fails_on_errors(settings) -> None:
 
 @pytest.mark.parametrize(
     "key, value",
-    [("STREAM_HISTORY", -1), ("STREAM_HISTORY", "100"), ("STREAM_HEARTBEAT", 0),
-     ("STREAM_MAX_AGE", True), ("CELERY", "yes"), ("STREAM_INBOX_BYTES", 0),
-     ("STREAM_WRITE_TIMEOUT", 0), ("STREAM_USER_LIMIT", -1)],
+    [
+        ("STREAM_HISTORY", -1),
+        ("STREAM_HISTORY", "100"),
+        ("STREAM_HEARTBEAT", 0),
+        ("STREAM_MAX_AGE", True),
+        ("CELERY", "yes"),
+        ("STREAM_INBOX_BYTES", 0),
+        ("STREAM_WRITE_TIMEOUT", 0),
+        ("STREAM_USER_LIMIT", -1),
+    ],
 )
 def test_a_bad_site_setting_is_e003_naming_it(settings, key, value) -> None:
     settings.REDIS_LOGSTREAM = {"CONNECTION": "default", key: value}
@@ -131,10 +140,13 @@ def test_risky_settings_are_deploy_warnings(settings, options, expected) -> None
 
 
 def test_a_cache_alias_without_certificate_checking_is_a_deploy_warning(settings) -> None:
-    settings.CACHES = {**settings.CACHES, "tls": {
-        "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": "rediss://cache.internal:6380/0?ssl_cert_reqs=CERT_NONE",
-    }}
+    settings.CACHES = {
+        **settings.CACHES,
+        "tls": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "rediss://cache.internal:6380/0?ssl_cert_reqs=CERT_NONE",
+        },
+    }
     assert deploy_ids(settings, CONNECTION="tls") == ["redis_logstream.W006"]
 
 
@@ -192,8 +204,10 @@ def test_the_doc_covers_start_up_and_the_checks() -> None:
     outcomes = [outcome for _code, outcome in documented_cases()]
     assert sum(o.startswith("start-up stops") for o in outcomes) >= 4
     assert {re.search(r"E00\d", o)[0] for o in outcomes if "manage.py check" in o} == {
-        "E001", "E002", "E003",
-    }  # fmt: skip
+        "E001",
+        "E002",
+        "E003",
+    }
 
 
 @pytest.mark.parametrize("code, outcome", documented_cases(), ids=lambda text: text[:40])

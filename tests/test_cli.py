@@ -120,9 +120,12 @@ def test_url_defaults_to_redis_url_from_the_environment(
     ],
 )
 def test_failures_are_one_line_and_an_exit_status(
-    args: list[str], status: int, message: str,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+    args: list[str],
+    status: int,
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
     args = [f"redis://127.0.0.1:{free_port()}/0" if arg == "DEAD" else arg for arg in args]
     assert cli.main(args) == status
@@ -133,9 +136,7 @@ def test_failures_are_one_line_and_an_exit_status(
     assert captured.err.count("\n") == 1
 
 
-def test_ctrl_c_ends_the_cli_with_status_0(
-    monkeypatch: pytest.MonkeyPatch, redis_url: str
-) -> None:
+def test_ctrl_c_ends_the_cli_with_status_0(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> None:
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
@@ -276,10 +277,12 @@ def test_tail_all_then_follow_has_no_gap_or_duplicate(counted: CountingClient) -
         ([ALICE], f"stream:logs:{ALICE} is empty"),
         ([ALICE, "-n", "all"], f"stream:logs:{ALICE} is empty"),
         ([ALICE, "--level", "ERROR"], f"no records of stream:logs:{ALICE} match --level"),
-        (["--global", "--since", "1m", "--logger", "shop"],
-         "no records of stream:logs:global match --since, --logger"),
+        (
+            ["--global", "--since", "1m", "--logger", "shop"],
+            "no records of stream:logs:global match --since, --logger",
+        ),
     ],
-)  # fmt: skip
+)
 def test_an_empty_history_is_said_on_stderr(
     args: list[str], said: str, redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -304,9 +307,7 @@ def test_an_empty_history_followed_says_it_waits(write: Writer, redis_url: str) 
     finally:
         stop.set()
         follower.join(10)
-    assert err.getvalue() == (
-        "stream:logs:global is empty; waiting for records (Ctrl-C to stop)\n"
-    )
+    assert err.getvalue() == ("stream:logs:global is empty; waiting for records (Ctrl-C to stop)\n")
 
 
 def test_nothing_is_said_when_no_history_was_asked_for_or_some_was_printed(

@@ -191,8 +191,10 @@ def test_tail_logs_and_the_stream_view_read_a_cluster(handlers, cluster, django_
         out = io.StringIO()
         call_command("tail_logs", "--global", "-n", "3", "--json", stdout=out)
         assert [json.loads(line)["message"] for line in out.getvalue().splitlines()] == [
-            "record 21", "record 22", "record 23",
-        ]  # fmt: skip
+            "record 21",
+            "record 22",
+            "record 23",
+        ]
         staff = django_user_model.objects.create_user("sam", password="x", is_staff=True)
         client = Client()
         client.force_login(staff)

@@ -194,8 +194,12 @@ def test_invalid_site_setting_raises_value_error_naming_the_option(settings):
 
 @pytest.mark.parametrize(
     "key, value, says",
-    [("STREAM_HISTORY", -1, "an int >= 0"), ("STREAM_INBOX_BYTES", 1000, "an int >= 65536"),
-     ("STREAM_HEARTBEAT", 0, "a number of seconds > 0"), ("CELERY", 1, "a bool")],
+    [
+        ("STREAM_HISTORY", -1, "an int >= 0"),
+        ("STREAM_INBOX_BYTES", 1000, "an int >= 65536"),
+        ("STREAM_HEARTBEAT", 0, "a number of seconds > 0"),
+        ("CELERY", 1, "a bool"),
+    ],
 )
 def test_a_bad_site_only_setting_says_what_it_must_be(settings, key, value, says):
     settings.REDIS_LOGSTREAM = {key: value}

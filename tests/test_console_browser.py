@@ -28,8 +28,12 @@ from web_servers import WebServer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 ALICE = "User.alice"
 
@@ -100,8 +104,14 @@ def lines(page: Page) -> list[dict[str, str]]:
 
 def add(store: redis.Redis, context: str, message: str, level: str = "INFO") -> str:
     levelno = {"INFO": 20, "ERROR": 40}.get(level, 0)
-    record = {"message": message, "level": level, "levelno": levelno, "logger": "tests",
-              "timestamp": time.time(), "context": context}
+    record = {
+        "message": message,
+        "level": level,
+        "levelno": levelno,
+        "logger": "tests",
+        "timestamp": time.time(),
+        "context": context,
+    }
     return store.xadd(Names().stream(context), {"data": json.dumps(record)}).decode()
 
 
@@ -136,8 +146,12 @@ def test_html_in_a_record_shows_as_text_and_runs_nothing(page, site, store):
     page.wait_for_function("document.querySelectorAll('.rls-line').length >= 3")
     page.wait_for_timeout(300)  # let anything that would run, run
     assert [line["msg"] for line in lines(page)] == payloads
-    assert page.eval_on_selector_all(".rls-console img, .rls-console script, .rls-console svg",
-                                     "els => els.length") == 0
+    assert (
+        page.eval_on_selector_all(
+            ".rls-console img, .rls-console script, .rls-console svg", "els => els.length"
+        )
+        == 0
+    )
     assert page.evaluate("window.__xss") is None
     assert page.dialogs == []  # type: ignore[attr-defined]
 
@@ -186,8 +200,11 @@ def test_a_token_opens_a_job_view_without_signing_in(page, site, store):
 
 
 def test_the_level_filter_and_search_hide_lines(page, site, store):
-    for level, message in [("INFO", "checkout ok"), ("ERROR", "payment failed"),
-                           ("INFO", "checkout again")]:
+    for level, message in [
+        ("INFO", "checkout ok"),
+        ("ERROR", "payment failed"),
+        ("INFO", "checkout again"),
+    ]:
         add(store, ALICE, message, level=level)
     sign_in(page, site.url)
     page.wait_for_function("document.querySelectorAll('.rls-line').length >= 3")
@@ -199,8 +216,9 @@ def test_the_level_filter_and_search_hide_lines(page, site, store):
     page.select_option(".rls-level-filter", "0")
     page.fill(".rls-search", "again")
     visible = page.eval_on_selector_all(
-        ".rls-line", "els => els.filter(e => e.offsetParent !== null)"
-        ".map(e => e.querySelector('.rls-msg').textContent)"
+        ".rls-line",
+        "els => els.filter(e => e.offsetParent !== null)"
+        ".map(e => e.querySelector('.rls-msg').textContent)",
     )
     assert visible == ["checkout again"]
 
@@ -211,8 +229,6 @@ def test_a_page_that_saw_no_record_yet_loses_nothing_across_a_cut(page, proxy, s
     sign_in(page, proxy.url)  # alice's stream is empty
     assert proxy.drop_all() >= 1
     written = [add(store, ALICE, f"while away {n}") for n in range(150)]
-    page.wait_for_function(
-        "document.querySelectorAll('.rls-line').length >= 150", timeout=10_000
-    )
+    page.wait_for_function("document.querySelectorAll('.rls-line').length >= 150", timeout=10_000)
     page.wait_for_timeout(300)  # nothing more (no duplicate) arrives
     assert [line["id"] for line in lines(page)] == written

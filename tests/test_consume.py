@@ -425,8 +425,14 @@ def test_records_a_stopping_consumer_never_reached_are_not_charged_a_delivery(
     assert first.status == 3
     with Running(redis_url, context, "g", halt_on_2, consumer="w", max_deliveries=2) as again:
         wait_for(lambda: again.stats["handled"] == 3)
-    assert seen == [("record 0", 1), ("record 1", 1), ("record 2", 1),
-                    ("record 2", 2), ("record 3", 1), ("record 4", 1)]  # fmt: skip
+    assert seen == [
+        ("record 0", 1),
+        ("record 1", 1),
+        ("record 2", 1),
+        ("record 2", 2),
+        ("record 3", 1),
+        ("record 4", 1),
+    ]
     assert again.stats["dead_lettered"] == 0
 
 

@@ -247,14 +247,30 @@ def test_a_toml_file_configures_the_consumer_and_its_class_callback(
         (["--config"], "batch = true\n", "batch has the wrong type"),
         (["--config"], 'max_deliveries = "5"\n', "max_deliveries has the wrong type"),
         (
-            ["job_1", "--group", "g", "--callback", "consume_callbacks:record",
-             "--max-deliveries", "3", "--max-retries", "2"],
+            [
+                "job_1",
+                "--group",
+                "g",
+                "--callback",
+                "consume_callbacks:record",
+                "--max-deliveries",
+                "3",
+                "--max-retries",
+                "2",
+            ],
             None,
             "give --max-deliveries or --max-retries, not both",
         ),
         (
-            ["job_1", "--group", "g", "--callback", "consume_callbacks:record",
-             "--max-deliveries", "0"],
+            [
+                "job_1",
+                "--group",
+                "g",
+                "--callback",
+                "consume_callbacks:record",
+                "--max-deliveries",
+                "0",
+            ],
             None,
             "max_deliveries must be an int >= 1",
         ),
@@ -379,8 +395,16 @@ def test_a_poison_record_is_dead_lettered_after_max_deliveries_and_the_group_goe
     messages = numbered(100)
     messages[42] = "boom 42"
     log(*messages)
-    args = (context, "--group", group, "--consumer", "host-alerts", "--from-start",
-            "--callback", "consume_callbacks:crash_on_boom")  # fmt: skip
+    args = (
+        context,
+        "--group",
+        group,
+        "--consumer",
+        "host-alerts",
+        "--from-start",
+        "--callback",
+        "consume_callbacks:crash_on_boom",
+    )
     seen: list[ConsumerProcess] = []
 
     def start() -> ConsumerProcess:
@@ -417,8 +441,10 @@ def test_a_poison_record_is_dead_lettered_after_max_deliveries_and_the_group_goe
     # Read behind it by a consumer that stopped: not charged a delivery.
     assert {line.split()[0] for line in lines if "boom" not in line} == {"1"}
     assert pending(redis_client, context, group) == 0
-    print(f"FIGURE poison record, Redis: {len(statuses)} starts (exit {statuses}), "
-          f"{len(handled)} other records handled once each, {took:.1f} s in all")  # fmt: skip
+    print(
+        f"FIGURE poison record, Redis: {len(statuses)} starts (exit {statuses}), "
+        f"{len(handled)} other records handled once each, {took:.1f} s in all"
+    )
     redis_client.delete(f"stream:logs/dead-letter/{group}")
 
 
@@ -438,8 +464,11 @@ def test_a_consumer_killed_on_the_poison_record_counts_that_delivery(
     seen: list[ConsumerProcess] = []
 
     def start() -> ConsumerProcess:
-        seen.append(ConsumerProcess(tmp_path, redis_url, "--config", str(config),
-                                    "--consumer", "host-kills"))  # fmt: skip
+        seen.append(
+            ConsumerProcess(
+                tmp_path, redis_url, "--config", str(config), "--consumer", "host-kills"
+            )
+        )
         return seen[-1]
 
     def hanging() -> bool:
@@ -447,9 +476,10 @@ def test_a_consumer_killed_on_the_poison_record_counts_that_delivery(
         return handed.exists() and handed.read_text().count("boom") >= len(seen)
 
     def settled() -> bool:
-        return len(dead_letters(redis_client, group)) == 1 and pending(
-            redis_client, context, group
-        ) == 0
+        return (
+            len(dead_letters(redis_client, group)) == 1
+            and pending(redis_client, context, group) == 0
+        )
 
     os.environ["HANDED"] = str(handed)
     try:

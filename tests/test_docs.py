@@ -52,9 +52,14 @@ def test_the_wire_format_gives_the_timestamp_in_the_form_the_encoder_writes() ->
     example = re.search(r"```json\n(.*?)\n```", text, re.S)[1]
     record = json.loads(example)
     _route, data = Encoder()(
-        (record["message"], record["levelno"], record["timestamp"], record["logger"],
-         record["context"])
-    )  # fmt: skip
+        (
+            record["message"],
+            record["levelno"],
+            record["timestamp"],
+            record["logger"],
+            record["context"],
+        )
+    )
     written = json.loads(data)
     assert list(written) == list(record)  # the same fields, in the same order
     assert data.split(b'"timestamp":')[1].split(b",")[0] == b"1764028888.1234567"

@@ -43,11 +43,16 @@ from redis_logstream.wire import MAX_NAME_BYTES
 from helpers import Handlers
 
 settings.register_profile(
-    "fuzz-ci", max_examples=200, deadline=None, derandomize=True, database=None,
+    "fuzz-ci",
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-settings.register_profile("fuzz-deep", settings.get_profile("fuzz-ci"), max_examples=3000,
-                          derandomize=False)
+settings.register_profile(
+    "fuzz-deep", settings.get_profile("fuzz-ci"), max_examples=3000, derandomize=False
+)
 FUZZ = settings(settings.get_profile(f"fuzz-{os.environ.get('REDIS_LOGSTREAM_FUZZ', 'ci')}"))
 
 WIRE_KEYS = {"message", "level", "levelno", "timestamp", "logger", "context", "pod", "pid"}
@@ -73,8 +78,9 @@ def clean(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def describe(value: object, renders: tuple[Callable[[object], str], ...] = (str, repr)
-             ) -> str | None:
+def describe(
+    value: object, renders: tuple[Callable[[object], str], ...] = (str, repr)
+) -> str | None:
     """The first of ``renders`` that works on ``value``, else None."""
     for render in renders:
         try:
@@ -111,16 +117,27 @@ class ExtrasFormatter(logging.Formatter):
 characters = st.one_of(st.characters(), st.integers(0xD800, 0xDFFF).map(chr))  # lone surrogates
 text = st.text(characters, max_size=40)
 values = st.one_of(
-    st.integers(), st.floats(), text, st.binary(max_size=12), st.none(), st.booleans(),
-    st.builds(Unprintable), st.builds(StrRaises), st.lists(st.integers(), max_size=3),
+    st.integers(),
+    st.floats(),
+    text,
+    st.binary(max_size=12),
+    st.none(),
+    st.booleans(),
+    st.builds(Unprintable),
+    st.builds(StrRaises),
+    st.lists(st.integers(), max_size=3),
     st.dictionaries(st.sampled_from(["a", "b"]), st.integers() | text, max_size=2),
 )
 directives = st.sampled_from(
-    ["%s", "%d", "%r", "%(a)s", "%(b)d", "%%", "%", "%x", "%.2f", "%-5s", "%c", "%*d"])
+    ["%s", "%d", "%r", "%(a)s", "%(b)d", "%%", "%", "%x", "%.2f", "%-5s", "%c", "%*d"]
+)
 formats = st.lists(text | directives, max_size=6).map("".join)
 EXCEPTIONS: dict[str, Callable[[str], BaseException]] = {
-    "value": ValueError, "key": KeyError, "str-raises": StrRaises,
-    "nothing-prints": Unprintable, "os": lambda t: OSError(2, t),
+    "value": ValueError,
+    "key": KeyError,
+    "str-raises": StrRaises,
+    "nothing-prints": Unprintable,
+    "os": lambda t: OSError(2, t),
     "args-unprintable": lambda t: RuntimeError(t, Unprintable()),
 }
 
@@ -139,8 +156,12 @@ def raised(kind: str, message: str, cause: str | None) -> BaseException:
         return caught
 
 
-exceptions = st.builds(raised, st.sampled_from(sorted(EXCEPTIONS)), text,
-                       st.none() | st.sampled_from(sorted(EXCEPTIONS)))
+exceptions = st.builds(
+    raised,
+    st.sampled_from(sorted(EXCEPTIONS)),
+    text,
+    st.none() | st.sampled_from(sorted(EXCEPTIONS)),
+)
 messages = st.one_of(formats, formats, values, exceptions)
 
 
@@ -156,13 +177,32 @@ def fitting(draw: st.DrawFn) -> tuple[Any, tuple[Any, ...]]:
 
 calls = st.one_of(fitting(), st.tuples(messages, st.lists(values, max_size=3).map(tuple)))
 valid_contexts = st.one_of(
-    st.sampled_from(["User.alice", "job_1b4e", "a*b", "a%2Ab", "a b", "global ", "Global",
-                     "%", "%25", "logs:global", "{tag}", "e\u0301", "x" * 128]),
+    st.sampled_from(
+        [
+            "User.alice",
+            "job_1b4e",
+            "a*b",
+            "a%2Ab",
+            "a b",
+            "global ",
+            "Global",
+            "%",
+            "%25",
+            "logs:global",
+            "{tag}",
+            "e\u0301",
+            "x" * 128,
+        ]
+    ),
     st.text(characters, min_size=1, max_size=128).filter(lambda c: c != "global"),
 )
 invalid_contexts = st.one_of(
-    st.sampled_from(["", "global"]), st.text(characters, min_size=129, max_size=200),
-    st.none(), st.integers(), st.binary(min_size=1, max_size=8), st.lists(st.integers()),
+    st.sampled_from(["", "global"]),
+    st.text(characters, min_size=129, max_size=200),
+    st.none(),
+    st.integers(),
+    st.binary(min_size=1, max_size=8),
+    st.lists(st.integers()),
 )
 
 
@@ -186,8 +226,9 @@ def batches(draw: st.DrawFn) -> tuple[str | None, list[Call]]:
     pool = draw(st.lists(valid_contexts, min_size=1, max_size=4))
     outer, batch = draw(st.none() | st.sampled_from(pool)), []
     for _ in range(draw(st.integers(1, 8))):
-        how = draw(st.sampled_from(["", "", "with", "set", "decorator", "invalid-set",
-                                    "invalid-with"]))
+        how = draw(
+            st.sampled_from(["", "", "with", "set", "decorator", "invalid-set", "invalid-with"])
+        )
         context = None
         if how.startswith("invalid"):
             context = draw(invalid_contexts)
@@ -195,21 +236,29 @@ def batches(draw: st.DrawFn) -> tuple[str | None, list[Call]]:
             context = draw(st.sampled_from(pool))
         exc_form = draw(st.sampled_from(["none", "none", "instance", "tuple", "active"]))
         msg, args = draw(calls)
-        batch.append(Call(
-            # "fuzz.n": a name such as "fuzz..x" would not be a child of "fuzz".
-            logger="fuzz.n" + draw(st.text(characters, min_size=1, max_size=12)),
-            level=draw(st.sampled_from([10, 20, 30, 40, 50]) | st.integers(1, 60)),
-            msg=msg,
-            args=args,
-            exc=None if exc_form == "none" else draw(exceptions),
-            exc_form=exc_form,
-            extra=draw(st.dictionaries(
-                st.text(characters, min_size=1, max_size=8).filter(lambda k: k not in STANDARD),
-                values, max_size=3)),
-            stack_info=draw(st.booleans()),
-            how=how,
-            context=context,
-        ))
+        batch.append(
+            Call(
+                # "fuzz.n": a name such as "fuzz..x" would not be a child of "fuzz".
+                logger="fuzz.n" + draw(st.text(characters, min_size=1, max_size=12)),
+                level=draw(st.sampled_from([10, 20, 30, 40, 50]) | st.integers(1, 60)),
+                msg=msg,
+                args=args,
+                exc=None if exc_form == "none" else draw(exceptions),
+                exc_form=exc_form,
+                extra=draw(
+                    st.dictionaries(
+                        st.text(characters, min_size=1, max_size=8).filter(
+                            lambda k: k not in STANDARD
+                        ),
+                        values,
+                        max_size=3,
+                    )
+                ),
+                stack_info=draw(st.booleans()),
+                how=how,
+                context=context,
+            )
+        )
     return outer, batch
 
 
@@ -237,11 +286,23 @@ def perform(call: Call, outer: str | None) -> str | None:
             if exc is not None and call.exc_form == "active":
                 raise exc
         except BaseException:
-            log.log(call.level, call.msg, *call.args, exc_info=True, extra=call.extra,
-                    stack_info=call.stack_info)
+            log.log(
+                call.level,
+                call.msg,
+                *call.args,
+                exc_info=True,
+                extra=call.extra,
+                stack_info=call.stack_info,
+            )
         else:
-            log.log(call.level, call.msg, *call.args, exc_info=exc_info, extra=call.extra,
-                    stack_info=call.stack_info)
+            log.log(
+                call.level,
+                call.msg,
+                *call.args,
+                exc_info=exc_info,
+                extra=call.extra,
+                stack_info=call.stack_info,
+            )
 
     note(f"calls with context {how or 'outer'}")
     if exc is not None:
@@ -314,8 +375,10 @@ class Rig:
 @pytest.fixture
 def rig(handlers: Handlers, redis_url: str, redis_client: redis.Redis) -> Iterator[Rig]:
     formatter = ExtrasFormatter("%(levelname)s %(name)s: %(message)s")
-    made = {prefix: handlers(url=redis_url, channel_prefix=prefix, max_message_bytes=limit)
-            for prefix, limit in PREFIXES.items()}
+    made = {
+        prefix: handlers(url=redis_url, channel_prefix=prefix, max_message_bytes=limit)
+        for prefix, limit in PREFIXES.items()
+    }
     pubsub = redis_client.pubsub()
     pubsub.psubscribe(*(f"{prefix}:*" for prefix in PREFIXES))
     rig = Rig(redis_client, made, Capture(), pubsub)
@@ -335,8 +398,13 @@ def check_name(name: str, prefix: str) -> None:
     assert name.startswith(prefix + ":") and ENCODED.fullmatch(name[len(prefix) + 1 :]), name
 
 
-def check_entry(raw: bytes, record: logging.LogRecord, context: str | None, limit: int,
-                formatter: logging.Formatter) -> None:
+def check_entry(
+    raw: bytes,
+    record: logging.LogRecord,
+    context: str | None,
+    limit: int,
+    formatter: logging.Formatter,
+) -> None:
     entry = json.loads(raw.decode("utf-8"), parse_constant=lambda c: pytest.fail(c))
     assert set(entry) in (WIRE_KEYS, WIRE_KEYS | {"truncated"}), entry
     for value in entry.values():
@@ -354,8 +422,10 @@ def check_entry(raw: bytes, record: logging.LogRecord, context: str | None, limi
         full: str | None = clean(formatter.format(record))
     except Exception:
         full = None  # the handler ships a description of the record instead
-    note(f"records {'described' if full is None else 'formatted'} ({limit} bytes max)"
-         + (", cut" if entry.get("truncated") else ""))
+    note(
+        f"records {'described' if full is None else 'formatted'} ({limit} bytes max)"
+        + (", cut" if entry.get("truncated") else "")
+    )
     cut = CUT.fullmatch(message) if entry.get("truncated") else None
     assert (cut is not None) == ("truncated" in entry), message
     kept = cut.group(1) if cut else message
@@ -399,8 +469,13 @@ def run_batch(rig: Rig, outer: str | None, calls: list[Call]) -> None:
         streams: dict[str, list[bytes]] = {names.global_stream: stored}
         expected[names.global_channel_name] = stored
         for raw, record, context in zip(stored, records, contexts, strict=True):
-            check_entry(raw, record, context, handler.options.max_message_bytes,
-                        handler.formatter or logging.Formatter())
+            check_entry(
+                raw,
+                record,
+                context,
+                handler.options.max_message_bytes,
+                handler.formatter or logging.Formatter(),
+            )
             if context is not None:
                 streams.setdefault(names.stream(context), []).append(raw)
                 expected.setdefault(names.channel(context), []).append(raw)
@@ -431,13 +506,23 @@ def test_any_logging_call_stores_its_record_as_json_on_safe_channels(rig: Rig) -
 
     started = time.monotonic()
     run()
-    print(f"\nFIGURE fuzz: {time.monotonic() - started:.1f} s, " + ", ".join(
-        f"{n} {what}" for what, n in sorted(TALLY.items())))
+    print(
+        f"\nFIGURE fuzz: {time.monotonic() - started:.1f} s, "
+        + ", ".join(f"{n} {what}" for what, n in sorted(TALLY.items()))
+    )
 
 
 @FUZZ
-@given(value=st.one_of(valid_contexts, invalid_contexts, st.builds(StrRaises), st.floats(),
-                       st.tuples(st.integers()), st.dictionaries(text, st.integers())))
+@given(
+    value=st.one_of(
+        valid_contexts,
+        invalid_contexts,
+        st.builds(StrRaises),
+        st.floats(),
+        st.tuples(st.integers()),
+        st.dictionaries(text, st.integers()),
+    )
+)
 def check_raw_context(rig: Rig, value: Any) -> None:
     rig.attach()
     rig.client.flushall()

@@ -109,9 +109,7 @@ def test_exit_with_redis_down_reports_how_many_records_were_lost(own_redis) -> N
     assert "42 records not delivered at exit" in result.stderr
 
 
-def test_forked_children_ship_their_own_records(
-    redis_url: str, redis_client: redis.Redis
-) -> None:
+def test_forked_children_ship_their_own_records(redis_url: str, redis_client: redis.Redis) -> None:
     handler = RedisLogHandler(url=redis_url, flush_interval=0.01)
     log = fresh_logger(handler)
     log.info("parent before fork")
@@ -161,4 +159,3 @@ def _blocking_write(write):
 
 
 _PARENT = os.getpid()
-

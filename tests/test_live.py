@@ -44,8 +44,9 @@ class Listener(threading.Thread):
 def test_listen_hears_what_the_handler_publishes(handlers, redis_url, redis_client, sharded):
     handler = handlers(url=redis_url, sharded_pubsub=sharded)
     logger = fresh_logger(handler)
-    with Listener(lambda stop: listen(redis_client, Names(), "User.alice", sharded=sharded,
-                                      stop=stop)) as listener:  # fmt: skip
+    with Listener(
+        lambda stop: listen(redis_client, Names(), "User.alice", sharded=sharded, stop=stop)
+    ) as listener:
         for i in range(3):
             with log_context("User.alice"):
                 logger.info("live %d", i)

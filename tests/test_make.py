@@ -20,8 +20,11 @@ def test_the_first_run_says_what_it_installs_before_pip_runs(target: str, tmp_pa
     venv = tmp_path / "venv"
     result = subprocess.run(
         ["make", "-n", "-C", str(REPO), target, f"VENV={venv}"],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     # The venv's recipe is one shell script: what it says comes before pip.
     script = result.stdout
     said = script.find("Installing the package and its dependencies into " + str(venv))

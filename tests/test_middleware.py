@@ -114,7 +114,9 @@ def test_under_asgi_an_async_streaming_response_keeps_the_context_per_chunk(
 
     assert async_to_sync(fetch)() == b"User.alice\n" * 3
     assert shipped(redis_client, "stream:logs:User.alice") == [
-        "async chunk 0", "async chunk 1", "async chunk 2",
+        "async chunk 0",
+        "async chunk 1",
+        "async chunk 2",
     ]
 
 

@@ -46,7 +46,9 @@ ROOT = Path(__file__).resolve().parent.parent
 GLOBAL = "stream:logs:global"
 WORKERS = 3
 CELERY_VARIABLES = (
-    "CELERY_BROKER_URL", "CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL",
+    "CELERY_BROKER_URL",
+    "CELERY_BROKER_READ_URL",
+    "CELERY_BROKER_WRITE_URL",
     "CELERY_RESULT_BACKEND",
 )
 
@@ -147,19 +149,24 @@ def test_the_shipper_thread_imports_nothing_so_a_fork_cannot_catch_it_holding_an
     # was forked, and that worker's shipper failed for good ("LookupError:
     # unknown encoding: idna"), its records never sent.
     env = {
-        **os.environ, "REDIS_URL": site_logs.url, "DJANGO_SETTINGS_MODULE": "testproject.settings",
-        "TESTPROJECT_LOG_CONSOLE": "0", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
+        **os.environ,
+        "REDIS_URL": site_logs.url,
+        "DJANGO_SETTINGS_MODULE": "testproject.settings",
+        "TESTPROJECT_LOG_CONSOLE": "0",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
     }
     done = subprocess.run(
-        [sys.executable, "-c", FIRST_WRITE], cwd=ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", FIRST_WRITE],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
     imported = done.stdout.split()
     print(f"FIGURE shipper_thread_imports={len(imported)} modules={','.join(imported) or '-'}")
     assert imported == []
-
-
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +232,9 @@ def test_every_preloaded_gunicorn_worker_ships_the_records_of_the_requests_it_se
     for answer in answers:
         records = by_job[answer["context"]]
         assert [r["message"] for r in records] == [
-            "work started for anonymous: 2 steps", "step 1/2 done", "step 2/2 done",
+            "work started for anonymous: 2 steps",
+            "step 1/2 done",
+            "step 2/2 done",
             "work finished for anonymous",
         ]
         assert len({r["pid"] for r in records}) == 1  # one request, one worker
@@ -250,7 +259,8 @@ def test_what_the_gunicorn_master_buffered_before_forking_is_stored_once_by_the_
 
     def booted() -> list[dict[str, Any]]:  # the workers' post_fork records, once all are in
         found = [
-            r for r in entries(reader, GLOBAL)
+            r
+            for r in entries(reader, GLOBAL)
             if r["logger"] == "testproject.prefork" and r["message"].startswith("worker ")
         ]
         return found if len(found) >= len(workers) else []
@@ -291,20 +301,42 @@ class PreforkWorker:
         self.queue = f"prefork-{uuid.uuid4().hex[:8]}"
         self.log_path = log_path
         self.client = Celery(
-            "redis-logstream-prefork", broker=broker, backend=broker,
-            set_as_current=False, fixups=(),
+            "redis-logstream-prefork",
+            broker=broker,
+            backend=broker,
+            set_as_current=False,
+            fixups=(),
         )
         # A result dropped after the broker stopped must not retry for minutes.
         self.client.conf.result_backend_transport_options = {"retry_policy": {"max_retries": 0}}
         command = [
-            sys.executable, "-m", "celery", "-A", "testproject.celery_app", "worker",
-            "--pool", "prefork", "--concurrency", str(WORKERS), "-Q", self.queue,
-            "-n", f"{self.queue}@tests", "--without-heartbeat", "--without-gossip",
-            "--without-mingle", "-l", "info",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "testproject.celery_app",
+            "worker",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            str(WORKERS),
+            "-Q",
+            self.queue,
+            "-n",
+            f"{self.queue}@tests",
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "info",
         ]
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                command,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
 
@@ -339,9 +371,12 @@ def celery_worker(
     env = {k: v for k, v in os.environ.items() if k not in CELERY_VARIABLES}
     with RedisServer() as broker:
         env.update(
-            DJANGO_SETTINGS_MODULE="testproject.settings", DJANGO_DEBUG="0",
-            REDIS_URL=celery_logs.url, CELERY_BROKER_URL=broker.url,
-            CELERY_RESULT_BACKEND=broker.url, TESTPROJECT_DATA_DIR=str(tmp),
+            DJANGO_SETTINGS_MODULE="testproject.settings",
+            DJANGO_DEBUG="0",
+            REDIS_URL=celery_logs.url,
+            CELERY_BROKER_URL=broker.url,
+            CELERY_RESULT_BACKEND=broker.url,
+            TESTPROJECT_DATA_DIR=str(tmp),
             TESTPROJECT_LOG_CONSOLE="0",
             PYTHONPATH=os.pathsep.join(
                 [str(ROOT), str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -381,14 +416,16 @@ def test_every_celery_prefork_child_ships_the_records_of_the_tasks_it_ran(
                     export_report.name, args=(3, 0.05), queue=celery_worker.queue
                 )
             sent.append((result, sender))
-        for result, sender in sent[-4 * WORKERS:]:
+        for result, sender in sent[-4 * WORKERS :]:
             context = sender or task_context(result.id)
             assert result.get(timeout=30) == {"rows": 3, "context": context}
             key = f"stream:logs:{context}"
             records = wait_for(lambda r=result, k=key: report_lines(reader, k, r))
             assert [r["message"].split(": ", 1)[1] for r in records] == [
-                "export of 3 rows started", "progress  33% (1/3 rows)",
-                "progress  66% (2/3 rows)", "progress 100% (3/3 rows)",
+                "export of 3 rows started",
+                "progress  33% (1/3 rows)",
+                "progress  66% (2/3 rows)",
+                "progress 100% (3/3 rows)",
                 "export of 3 rows finished",
             ]
             assert {r["context"] for r in records} == {context}
@@ -413,4 +450,3 @@ def test_every_celery_prefork_child_ships_the_records_of_the_tasks_it_ran(
         f"pids={len(ran_in)} per_child={sorted(ran_in.values())} main_records={from_main} "
         f"duplicates=0 seconds={elapsed:.2f}"
     )
-

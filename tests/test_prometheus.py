@@ -51,8 +51,10 @@ def test_drops_and_pending_records_show_while_redis_is_away(handlers, silent_ser
     samples = scrape(handler)
     assert samples["redis_logstream_records_dropped_total{redis}"] >= 7
     assert samples["redis_logstream_records_pending{redis}"] >= 1
-    assert (samples["redis_logstream_records_enqueued_total{redis}"]
-            + samples["redis_logstream_records_dropped_total{redis}"]) == 10
+    assert (
+        samples["redis_logstream_records_enqueued_total{redis}"]
+        + samples["redis_logstream_records_dropped_total{redis}"]
+    ) == 10
 
 
 def test_handlers_without_a_name_or_of_the_same_name_get_distinct_labels(handlers, redis_url):

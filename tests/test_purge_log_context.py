@@ -204,9 +204,16 @@ def dead_letter(client: redis.Redis, group: str, entry_id: bytes, fields: dict) 
     from and why it was refused."""
     client.xadd(
         f"stream:logs/dead-letter/{group}",
-        {"data": fields[b"data"], "stream": "stream:logs:global", "id": entry_id,
-         "group": group, "consumer": "worker-1", "attempts": 5, "reason": "boom"},
-    )  # fmt: skip
+        {
+            "data": fields[b"data"],
+            "stream": "stream:logs:global",
+            "id": entry_id,
+            "group": group,
+            "consumer": "worker-1",
+            "attempts": 5,
+            "reason": "boom",
+        },
+    )
 
 
 def contexts_in(client: redis.Redis, key: str) -> list[str | None]:
@@ -252,8 +259,9 @@ def test_dry_run_counts_exactly_what_the_erasure_then_removes(
     assert redis_client.xrange("stream:logs:global") == before
     assert redis_client.xlen("stream:logs/dead-letter/audit") == 4
     done = purge(ALICE, BOB)
-    assert [line.replace("would delete", "deleted").replace("would remove", "removed")
-            for line in dry] == done  # fmt: skip
+    assert [
+        line.replace("would delete", "deleted").replace("would remove", "removed") for line in dry
+    ] == done
     assert done[-1] == "deleted 2 streams and 14 entries from 2 shared streams, 24 entries in all"
     assert redis_client.xlen("stream:logs:global") == 0
     assert redis_client.xlen("stream:logs/dead-letter/audit") == 0
@@ -263,7 +271,7 @@ def test_with_global_the_global_stream_goes_whole_and_dead_letters_are_still_era
     write: Writer, redis_client: redis.Redis
 ) -> None:
     write("a", ALICE)
-    (entry_id, fields), = redis_client.xrange("stream:logs:global")
+    ((entry_id, fields),) = redis_client.xrange("stream:logs:global")
     dead_letter(redis_client, "audit", entry_id, fields)
     assert purge(ALICE, "--global") == [
         "deleted stream:logs:User.alice (1 entry)",
@@ -294,8 +302,13 @@ def test_erasure_reads_page_by_page_to_the_end_it_saw_first(redis_client: redis.
     assert pages == [3, 3, 3, 1]
     del redis_client.xrange
     assert [json.loads(f[b"data"]).get("message") for _, f in redis_client.xrange(key)] == [
-        "1", "4", "5", "6", "7", None,
-    ]  # fmt: skip
+        "1",
+        "4",
+        "5",
+        "6",
+        "7",
+        None,
+    ]
 
 
 def test_erasure_finds_records_whatever_their_json_escapes(redis_client: redis.Redis) -> None:
@@ -314,9 +327,14 @@ def test_erasure_of_a_large_global_stream_keeps_memory_bounded(redis_client: red
     purge's peak of Python memory stays far below the stream's size."""
     key, total = "stream:logs:global", 100_000
     record = {
-        "message": "GET /checkout 200 " + "x" * 200, "level": "INFO", "levelno": 20,
-        "timestamp": 1764028932.0151234, "logger": "shop.views", "pod": "web-1", "pid": 42,
-    }  # fmt: skip
+        "message": "GET /checkout 200 " + "x" * 200,
+        "level": "INFO",
+        "levelno": 20,
+        "timestamp": 1764028932.0151234,
+        "logger": "shop.views",
+        "pod": "web-1",
+        "pid": 42,
+    }
     pipe = redis_client.pipeline(transaction=False)
     for i in range(total):
         context = ALICE if i % 100 == 7 else f"User.u{i % 50}"

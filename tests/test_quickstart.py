@@ -53,10 +53,23 @@ def test_the_python_examples_define_every_name_they_use(page: str) -> None:
     ruff = Path(sys.executable).with_name("ruff")
     for text in python_blocks(ROOT / page):
         result = subprocess.run(
-            [str(ruff), "check", "--no-cache", "--isolated", "--select", "F821", "--output-format",
-             "concise", "--stdin-filename", "example.py", "-"],
-            input=text, capture_output=True, text=True,
-        )  # fmt: skip
+            [
+                str(ruff),
+                "check",
+                "--no-cache",
+                "--isolated",
+                "--select",
+                "F821",
+                "--output-format",
+                "concise",
+                "--stdin-filename",
+                "example.py",
+                "-",
+            ],
+            input=text,
+            capture_output=True,
+            text=True,
+        )
         assert result.returncode == 0, f"{page}:\n{text}\n{result.stdout}"
 
 
@@ -127,8 +140,11 @@ def quickstart_server(tmp_path: Path, redis_url: str) -> Iterator[tuple[Path, st
     log = (tmp_path / "runserver.log").open("wb")
     server = subprocess.Popen(
         [sys.executable, "manage.py", "runserver", f"{LOOPBACK}:{port}", "--noreload"],
-        cwd=site, env=site_env(), stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        cwd=site,
+        env=site_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://{LOOPBACK}:{port}"
     try:
         opener = build_opener()
@@ -139,8 +155,8 @@ def quickstart_server(tmp_path: Path, redis_url: str) -> Iterator[tuple[Path, st
                 break
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline, (
-                    (tmp_path / "runserver.log").read_text()
-                )
+                    tmp_path / "runserver.log"
+                ).read_text()
                 time.sleep(0.1)
         yield site, base
     finally:

@@ -77,8 +77,11 @@ def test_entries_carry_the_stored_record_and_bytes(
     assert entry.raw == fields[b"data"]
     assert entry.record == json.loads(fields[b"data"])
     assert (entry.level, entry.levelno, entry.logger, entry.context) == (
-        "WARNING", 30, "shop.views", ALICE,
-    )  # fmt: skip
+        "WARNING",
+        30,
+        "shop.views",
+        ALICE,
+    )
 
 
 def test_since_an_entry_id_excludes_that_entry(write: Writer, reader: StreamReader) -> None:
@@ -123,8 +126,12 @@ def test_since_durations_and_ids_parse_or_say_why_not() -> None:
 
 def test_levels_parse_by_name_or_number() -> None:
     assert [parse_level(text) for text in ("debug", "WARN", "Error", "critical", "25")] == [
-        10, 30, 40, 50, 25,
-    ]  # fmt: skip
+        10,
+        30,
+        40,
+        50,
+        25,
+    ]
     with pytest.raises(ValueError, match="unknown level"):
         parse_level("loud")
 
@@ -149,8 +156,9 @@ def test_logger_filter_follows_the_logger_hierarchy(write: Writer, reader: Strea
     assert messages(reader.history(ALICE, 10, match=shop)) == ["from shop", "from shop.views"]
     tolerant = EntryFilter(logger="shop.")  # a trailing dot means the same subtree
     assert messages(reader.history(ALICE, 10, match=tolerant)) == [
-        "from shop", "from shop.views",
-    ]  # fmt: skip
+        "from shop",
+        "from shop.views",
+    ]
 
 
 def test_invalid_entries_become_records_with_level_question_mark(
@@ -186,9 +194,7 @@ def test_entry_properties_never_raise_on_odd_records() -> None:
     assert decode_entry("1-0", {"data": '{"level": "error"}'}).levelno == 40  # str clients
 
 
-def test_follow_joins_history_without_gap_or_duplicate(
-    write: Writer, reader: StreamReader
-) -> None:
+def test_follow_joins_history_without_gap_or_duplicate(write: Writer, reader: StreamReader) -> None:
     total = 300
     started, snapshot_taken = threading.Event(), threading.Event()
 
@@ -313,9 +319,7 @@ def test_block_fits_in_the_clients_socket_timeout(redis_url: str) -> None:
     assert patient.connection_pool.connection_kwargs["socket_timeout"] > 5
 
 
-@pytest.mark.parametrize(
-    ("decode_responses", "protocol"), [(True, 2), (False, 3), (True, 3)]
-)
+@pytest.mark.parametrize(("decode_responses", "protocol"), [(True, 2), (False, 3), (True, 3)])
 def test_clients_of_any_reply_shape_read_the_same(
     write: Writer, redis_url: str, decode_responses: bool, protocol: int
 ) -> None:

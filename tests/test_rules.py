@@ -212,9 +212,7 @@ def test_records_logged_while_redis_is_down_arrive_in_order_when_it_returns(
     assert len([m for m in reports if "writing again" in m]) == 1
 
 
-def test_timestamps_are_those_of_the_records_not_of_delivery(
-    handlers: Handlers, own_redis
-) -> None:
+def test_timestamps_are_those_of_the_records_not_of_delivery(handlers: Handlers, own_redis) -> None:
     handler = handlers(url=own_redis.url)
     log = fresh_logger(handler)
     own_redis.kill()
@@ -410,7 +408,14 @@ def test_the_stored_json_holds_the_wire_format_fields(
     raw = redis_client.xrange("stream:logs:User.alice")[0][1][b"data"]
     record = json.loads(raw)
     assert set(record) == {
-        "message", "level", "levelno", "timestamp", "logger", "context", "pod", "pid",
+        "message",
+        "level",
+        "levelno",
+        "timestamp",
+        "logger",
+        "context",
+        "pod",
+        "pid",
     }
     assert record["message"] == "boom 1"
     assert (record["level"], record["levelno"]) == ("ERROR", 40)

@@ -173,7 +173,19 @@ def test_the_test_certificates_pass_strict_x509_checking_as_python_3_13_does_by_
     # redis-server checks the client's certificate leniently; OpenSSL's strict mode:
     for purpose, cert in (("sslserver", certs.server_cert), ("sslclient", certs.client_cert)):
         done = subprocess.run(
-            ["openssl", "verify", "-x509_strict", "-purpose", purpose, "-CAfile", str(certs.ca),
-             str(cert)], capture_output=True, text=True, check=False, timeout=30,
-        )  # fmt: skip
+            [
+                "openssl",
+                "verify",
+                "-x509_strict",
+                "-purpose",
+                purpose,
+                "-CAfile",
+                str(certs.ca),
+                str(cert),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
         assert done.returncode == 0, done.stdout + done.stderr

@@ -168,8 +168,7 @@ def test_a_server_older_than_redis_7_gets_the_script_without_shebang() -> None:
         [
             NoScriptError("No matching script"),
             ResponseError(
-                "Error compiling script (new function): user_script:1: "
-                "unexpected symbol near '#'"
+                "Error compiling script (new function): user_script:1: unexpected symbol near '#'"
             ),
             [1, 0, b""],
         ]
@@ -212,8 +211,7 @@ def test_a_record_longer_than_proto_max_bulk_len_costs_only_itself() -> None:
     # sent again one per call, and only the long one is refused.
     with RedisServer(["--proto-max-bulk-len", "1mb"]) as server:
         server.start()
-        handler = RedisLogHandler(url=server.url, flush_interval=0.5,
-                                  max_message_bytes=2 * 2**20)  # fmt: skip
+        handler = RedisLogHandler(url=server.url, flush_interval=0.5, max_message_bytes=2 * 2**20)
         try:
             logger = fresh_logger(handler)
             for i in range(300):
@@ -254,8 +252,9 @@ def test_a_chunk_refused_whole_is_sent_again_record_by_record(redis_client) -> N
 def test_on_a_cluster_a_record_longer_than_proto_max_bulk_len_costs_only_itself(cluster) -> None:
     for node in cluster.nodes:
         node.client().config_set("proto-max-bulk-len", 2**20)
-    handler = RedisLogHandler(client=cluster.client(), flush_interval=0.5,
-                              max_message_bytes=2 * 2**20)  # fmt: skip
+    handler = RedisLogHandler(
+        client=cluster.client(), flush_interval=0.5, max_message_bytes=2 * 2**20
+    )
     try:
         logger = fresh_logger(handler)
         with log_context("job_1"):

@@ -134,8 +134,9 @@ def test_a_resume_older_than_the_history_replays_a_bounded_number_and_says_so(
     limit(settings, stream_replay_max=50)
     ids = add(redis_client, *(f"m{i}" for i in range(300)))
     redis_client.xtrim(KEY, maxlen=200, approximate=False)  # m0..m99 are gone
-    events = read_all(Client().get(token_url(), HTTP_LAST_EVENT_ID=ids[10]),
-                      stop=lambda e: e.event == "ready")
+    events = read_all(
+        Client().get(token_url(), HTTP_LAST_EVENT_ID=ids[10]), stop=lambda e: e.event == "ready"
+    )
     assert messages(events) == [f"m{i}" for i in range(250, 300)]
     (status,) = [e.json for e in events if e.event == "status"]
     assert status["skipped"] == 150 and "150" in status["message"]
@@ -145,8 +146,9 @@ def test_a_resume_older_than_the_history_replays_a_bounded_number_and_says_so(
 def test_a_resume_from_0_0_replays_the_stream_from_its_start(redis_client, settings):
     limit(settings, stream_replay_max=50)
     add(redis_client, *(f"m{i}" for i in range(30)))
-    events = read_all(Client().get(token_url("&last_event_id=0-0")),
-                      stop=lambda e: e.event == "ready")
+    events = read_all(
+        Client().get(token_url("&last_event_id=0-0")), stop=lambda e: e.event == "ready"
+    )
     assert messages(events) == [f"m{i}" for i in range(30)]
     assert not [e for e in events if e.event == "status"]
 
@@ -154,8 +156,9 @@ def test_a_resume_from_0_0_replays_the_stream_from_its_start(redis_client, setti
 def test_a_resume_inside_the_history_still_gets_everything_after_it(redis_client, settings):
     limit(settings, stream_replay_max=50)
     ids = add(redis_client, *(f"m{i}" for i in range(300)))
-    events = read_all(Client().get(token_url(), HTTP_LAST_EVENT_ID=ids[9]),
-                      stop=lambda e: e.event == "ready")
+    events = read_all(
+        Client().get(token_url(), HTTP_LAST_EVENT_ID=ids[9]), stop=lambda e: e.event == "ready"
+    )
     assert messages(events) == [f"m{i}" for i in range(10, 300)]
 
 
@@ -237,16 +240,14 @@ def test_a_token_that_never_expires_is_refused(max_age):
 def test_a_reader_without_xlen_still_bounds_the_replay(settings, own_redis):
     """The documented least-privilege reader has no XLEN: the count is then unknown."""
     admin = redis.Redis.from_url(own_redis.url)
-    admin.execute_command(
-        "ACL", "SETUSER", "viewer", "reset", "on", ">pw", "~*", "+@all", "-xlen"
-    )
-    ids = [admin.xadd(KEY, {"data": json.dumps({"message": f"m{i}"})}).decode()
-           for i in range(30)]
+    admin.execute_command("ACL", "SETUSER", "viewer", "reset", "on", ">pw", "~*", "+@all", "-xlen")
+    ids = [admin.xadd(KEY, {"data": json.dumps({"message": f"m{i}"})}).decode() for i in range(30)]
     admin.xtrim(KEY, maxlen=20, approximate=False)
     url = own_redis.url.replace("redis://", "redis://viewer:pw@", 1)
     limit(settings, url=url, stream_replay_max=5)
-    events = read_all(Client().get(token_url(), HTTP_LAST_EVENT_ID=ids[0]),
-                      stop=lambda e: e.event == "ready")
+    events = read_all(
+        Client().get(token_url(), HTTP_LAST_EVENT_ID=ids[0]), stop=lambda e: e.event == "ready"
+    )
     assert messages(events) == [f"m{i}" for i in range(25, 30)]
     (status,) = [e.json for e in events if e.event == "status"]
     assert status["skipped"] is None and "Older records" in status["message"]

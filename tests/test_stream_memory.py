@@ -126,8 +126,10 @@ def test_a_viewer_that_never_reads_holds_bounded_memory_and_its_response_is_ende
         time.sleep(1)
         peak = max(peak, rss(pid))
         growth = peak - before
-        print(f"{server.kind} RSS {before / MiB:.0f} MiB -> peak {peak / MiB:.0f} MiB "
-              f"(+{growth / MiB:.1f} MiB) with a viewer that does not read")
+        print(
+            f"{server.kind} RSS {before / MiB:.0f} MiB -> peak {peak / MiB:.0f} MiB "
+            f"(+{growth / MiB:.1f} MiB) with a viewer that does not read"
+        )
         assert growth < 64 * MiB
 
         # The write timeout (2 s) ends the stuck response and frees its place.

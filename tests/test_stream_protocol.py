@@ -287,8 +287,10 @@ def test_viewers_arriving_together_start_one_follower(redis_client):
     subscriptions = []
     redis.Redis.xrevrange = counting
     try:
-        threads = [threading.Thread(target=lambda: subscriptions.append(hub.subscribe(JOB)))
-                   for _ in range(8)]
+        threads = [
+            threading.Thread(target=lambda: subscriptions.append(hub.subscribe(JOB)))
+            for _ in range(8)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:

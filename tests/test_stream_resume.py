@@ -59,9 +59,10 @@ class Viewer:
         arrived or the server ended the response."""
         headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
         timeout = httpx.Timeout(MAX_AGE + 6)
-        with httpx.Client(timeout=timeout) as http, connect_sse(
-            http, "GET", self.url, headers=headers
-        ) as source:
+        with (
+            httpx.Client(timeout=timeout) as http,
+            connect_sse(http, "GET", self.url, headers=headers) as source,
+        ):
             assert source.response.status_code == 200
             try:
                 for sse in source.iter_sse():

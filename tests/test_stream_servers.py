@@ -84,9 +84,7 @@ def test_history_then_live(server, store, job):
         assert time.monotonic() - sent < 1.0
 
 
-def test_a_reconnect_with_last_event_id_resumes_with_no_gap_and_no_duplicate(
-    server, store, job
-):
+def test_a_reconnect_with_last_event_id_resumes_with_no_gap_and_no_duplicate(server, store, job):
     stop = threading.Event()
     written: list[str] = []
 
@@ -126,9 +124,7 @@ def test_an_idle_stream_sends_heartbeats(server, job):
         assert sum(1 for e in events if e.comment == "ping") >= 2
 
 
-def test_many_viewers_share_one_redis_connection_and_all_get_every_record(
-    server, store, job
-):
+def test_many_viewers_share_one_redis_connection_and_all_get_every_record(server, store, job):
     wait_for(lambda: followers(store) == 0, timeout=MAX_AGE + 5)
     clients = [viewer(server, job, "&history=0") for _ in range(20)]
     try:

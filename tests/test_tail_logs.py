@@ -151,8 +151,9 @@ def test_invalid_entries_are_shown_not_fatal(write: Writer, redis_client: redis.
     assert LINE.match(lines[0]).groups() == ("?", "-", "-", "\\xffgarbage")
     assert lines[1].endswith("app: fine")
     assert json.loads(tail_logs(ALICE, "--json").splitlines()[0]) == {
-        "message": "\\xffgarbage", "level": "?",
-    }  # fmt: skip
+        "message": "\\xffgarbage",
+        "level": "?",
+    }
 
 
 @pytest.mark.parametrize(
@@ -313,7 +314,7 @@ RAW_CONTROLS = re.compile(
 def test_json_output_escapes_terminal_controls_and_decodes_to_the_stored_text(
     write: Writer, redis_client: redis.Redis
 ) -> None:
-    write(HOSTILE, ALICE, logger=f"evil\u202e.{chr(0x9b)}")
+    write(HOSTILE, ALICE, logger=f"evil\u202e.{chr(0x9B)}")
     # Another producer's entries: raw ESC inside a JSON string (not strict
     # JSON, so shown whole as the message), and a payload that is no JSON.
     key = f"stream:logs:{ALICE}"
@@ -326,14 +327,14 @@ def test_json_output_escapes_terminal_controls_and_decodes_to_the_stored_text(
     assert not any(RAW_CONTROLS.search(line) for line in lines)
     records = [json.loads(line) for line in lines]
     assert records[0]["message"] == HOSTILE
-    assert records[0]["logger"] == f"evil\u202e.{chr(0x9b)}"
+    assert records[0]["logger"] == f"evil\u202e.{chr(0x9B)}"
     assert records[1] == {"message": lax, "level": "?"}
     assert records[2]["message"] == "plain \x1b[2J\x9b\u202e text"
     assert "\\u001b]0;owned\\u0007" in lines[0] and "\\u009b" in lines[0]
 
 
 def test_text_output_shows_c1_and_bidi_controls_as_escapes(write: Writer) -> None:
-    write(HOSTILE, ALICE, logger=f"evil\u202e.{chr(0x9b)}")
+    write(HOSTILE, ALICE, logger=f"evil\u202e.{chr(0x9B)}")
 
     output = tail_logs(ALICE, stdout=Terminal(), no_color=True)
     assert not RAW_CONTROLS.search(output.replace("\n", ""))
@@ -372,10 +373,21 @@ def test_tail_amqp_output_is_escaped_too(rabbit_url: str) -> None:
     try:
         for mode in ("--json", "--no-color"):
             tail = subprocess.Popen(
-                [sys.executable, "-m", "redis_logstream.cli", "tail", "--amqp", rabbit_url,
-                 "--exchange", exchange, mode],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "redis_logstream.cli",
+                    "tail",
+                    "--amqp",
+                    rabbit_url,
+                    "--exchange",
+                    exchange,
+                    mode,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             try:
                 assert "listening to" in tail.stderr.readline()
                 with log_context(ALICE):

@@ -383,8 +383,9 @@ def test_a_huge_raw_context_is_cut_marked_and_names_no_stream():
 
 
 def test_a_cut_name_and_a_cut_message_carry_one_marker():
-    _, data, record = encode("m" * 5000, logger="l" * 5000, context="c" * 5000,
-                             encoder=Encoder(1024))  # fmt: skip
+    _, data, record = encode(
+        "m" * 5000, logger="l" * 5000, context="c" * 5000, encoder=Encoder(1024)
+    )
     assert data.count(b'"truncated"') == 1
     assert all(CUT.search(record[key]) for key in ("message", "logger", "context"))
 

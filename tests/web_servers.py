@@ -42,16 +42,52 @@ def _command(kind: str, port: int, workers: int = 3) -> list[str]:
     if kind == "runserver":
         return [sys.executable, "manage.py", "runserver", bind, "--noreload"]
     if kind == "gunicorn":
-        return [sys.executable, "-m", "gunicorn", "testproject.wsgi:application", "--bind", bind,
-                "--worker-class", "gthread", "--workers", "1", "--threads", "32",
-                "--log-level", "warning"]
+        return [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "testproject.wsgi:application",
+            "--bind",
+            bind,
+            "--worker-class",
+            "gthread",
+            "--workers",
+            "1",
+            "--threads",
+            "32",
+            "--log-level",
+            "warning",
+        ]
     if kind == "uvicorn":
-        return [sys.executable, "-m", "uvicorn", "testproject.asgi:application", "--host",
-                LOOPBACK, "--port", str(port), "--no-access-log", "--log-level", "warning"]
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "testproject.asgi:application",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
     if kind == "gunicorn-preload":
-        return [sys.executable, "-m", "gunicorn", "testproject.wsgi:application", "--bind", bind,
-                "--worker-class", "sync", "--workers", str(workers), "--preload",
-                "--log-level", "warning"]
+        return [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "testproject.wsgi:application",
+            "--bind",
+            bind,
+            "--worker-class",
+            "sync",
+            "--workers",
+            str(workers),
+            "--preload",
+            "--log-level",
+            "warning",
+        ]
     raise ValueError(kind)
 
 
@@ -85,8 +121,12 @@ class WebServer:
         if users:
             self._prepare_database(env, users)
         self.proc = subprocess.Popen(
-            [*_command(kind, self.port, workers), *extra_args], cwd=ROOT, env=env, stdout=self.log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            [*_command(kind, self.port, workers), *extra_args],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self._wait_until_listening()
 

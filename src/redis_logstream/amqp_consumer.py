@@ -119,8 +119,9 @@ class AmqpConsumer(CallbackRunner):
         stop: threading.Event | None = None,
     ) -> None:
         name = consumer or default_consumer_name()
-        super().__init__(callback, name, group, match=match, stop=stop,
-                         max_deliveries=max_deliveries)  # fmt: skip
+        super().__init__(
+            callback, name, group, match=match, stop=stop, max_deliveries=max_deliveries
+        )
         self.options = connection_options(url, timeout=5.0)
         self.patterns = list(patterns) or ["#"]
         self.exchange = exchange
@@ -153,8 +154,12 @@ class AmqpConsumer(CallbackRunner):
                     raise
                 except (OSError, amqp.exceptions.AMQPError, amqp.exceptions.MessageNacked) as exc:
                     if not delay:
-                        report(logging.WARNING, "consumer %s: lost the broker (%s); retrying",
-                               self.name, " ".join(str(exc).split()))  # fmt: skip
+                        report(
+                            logging.WARNING,
+                            "consumer %s: lost the broker (%s); retrying",
+                            self.name,
+                            " ".join(str(exc).split()),
+                        )
                     delay = min(_BACKOFF_CAP, (delay or 0.1) * 2)
                     self._stopping.wait(delay)
                 finally:
@@ -188,8 +193,9 @@ class AmqpConsumer(CallbackRunner):
         return conn
 
     def _subscribe(self) -> None:
-        self._channel.basic_consume(self.queue, callback=self._on_message, no_ack=False,
-                                    consumer_tag=self._tag)  # fmt: skip
+        self._channel.basic_consume(
+            self.queue, callback=self._on_message, no_ack=False, consumer_tag=self._tag
+        )
         self._subscribed = True
 
     def _unsubscribe(self) -> None:
@@ -276,8 +282,13 @@ class AmqpConsumer(CallbackRunner):
                 _due, _tag, message, refused = heapq.heappop(self._later)
                 self._copy_back(message, refused, unanswered=False)
         except (OSError, amqp.exceptions.AMQPError, amqp.exceptions.MessageNacked) as exc:
-            report(logging.WARNING, "consumer %s: %d received records go back to the queue "
-                   "as redelivered (%s)", self.name, len(self._inbox) + 1, exc)  # fmt: skip
+            report(
+                logging.WARNING,
+                "consumer %s: %d received records go back to the queue as redelivered (%s)",
+                self.name,
+                len(self._inbox) + 1,
+                exc,
+            )
 
     def _ack(self, entry: LogEntry) -> None:
         self._channel.basic_ack(int(entry.id))
@@ -294,18 +305,19 @@ class AmqpConsumer(CallbackRunner):
         self._unsubscribe()
         self._channel.basic_reject(int(entry.id), requeue=True)  # comes back flagged: counted
 
-    def _dead_letter(
-        self, entry: LogEntry, attempts: int, reason: str, error: str | None
-    ) -> None:
+    def _dead_letter(self, entry: LogEntry, attempts: int, reason: str, error: str | None) -> None:
         headers = {
-            DELIVERIES_HEADER: attempts, ROUTING_HEADER: entry.stream,
-            "x-redis-logstream-group": self.group, "x-redis-logstream-consumer": self.name,
+            DELIVERIES_HEADER: attempts,
+            ROUTING_HEADER: entry.stream,
+            "x-redis-logstream-group": self.group,
+            "x-redis-logstream-consumer": self.name,
             "x-redis-logstream-reason": reason,
-        }  # fmt: skip
+        }
         if error:
             headers["x-redis-logstream-error"] = error
-        message = amqp.Message(entry.raw, content_type="application/json", delivery_mode=2,
-                               application_headers=headers)  # fmt: skip
+        message = amqp.Message(
+            entry.raw, content_type="application/json", delivery_mode=2, application_headers=headers
+        )
         self._publisher.basic_publish_confirm(message, exchange="", routing_key=self.dead_queue)
 
     @property

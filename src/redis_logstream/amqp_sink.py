@@ -135,8 +135,9 @@ class AmqpSink:
         try:
             conn.connect()
             channel = conn.channel()
-            channel.exchange_declare(self.exchange, "topic", durable=self.durable,
-                                     auto_delete=False)  # fmt: skip
+            channel.exchange_declare(
+                self.exchange, "topic", durable=self.durable, auto_delete=False
+            )
             channel.confirm_select()
             channel.events["basic_ack"].add(self._on_ack)
             channel.events["basic_nack"].add(self._on_nack)
@@ -164,9 +165,12 @@ class AmqpSink:
             first = self._next_tag
             for position, (key, data, stamp) in enumerate(batch):
                 message = amqp.Message(
-                    data, content_type="application/json", app_id=APP_ID, timestamp=stamp,
+                    data,
+                    content_type="application/json",
+                    app_id=APP_ID,
+                    timestamp=stamp,
                     delivery_mode=self.delivery_mode,
-                )  # fmt: skip
+                )
                 try:
                     channel.basic_publish(message, exchange=self.exchange, routing_key=key)
                 except _UNPACKABLE as exc:  # packed before any byte is sent: skip it

@@ -59,8 +59,11 @@ def listen_amqp(
             received: list[Any] = []
             channel.basic_consume(queue, callback=received.append, no_ack=True)
             if notify is not None:
-                said = "the broker is back; listening again" if delay else (
-                    f"listening to {exchange} with {', '.join(patterns)}")
+                said = (
+                    "the broker is back; listening again"
+                    if delay
+                    else (f"listening to {exchange} with {', '.join(patterns)}")
+                )
                 notify(said)
             delay = 0.0
             while not stop.is_set():
@@ -86,21 +89,25 @@ def listen_amqp(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``--amqp``, ``--bind`` and ``--exchange`` of ``redis-logstream tail``."""
     group = parser.add_argument_group(
-        "RabbitMQ", "Read what an AmqpLogHandler publishes instead of a Redis stream "
-        "(needs the amqp extra).",
-    )  # fmt: skip
+        "RabbitMQ",
+        "Read what an AmqpLogHandler publishes instead of a Redis stream (needs the amqp extra).",
+    )
     group.add_argument(
-        "--amqp", metavar="URL",
+        "--amqp",
+        metavar="URL",
         help="the broker: amqp://user:password@host:port/vhost (%%2F for /); records are "
         "printed as they are published, from now on (-n, -f and --since do not apply)",
-    )  # fmt: skip
+    )
     group.add_argument(
-        "--bind", metavar="PATTERN", action="append",
+        "--bind",
+        metavar="PATTERN",
+        action="append",
         help="a topic pattern over <context>.<LEVEL>.<logger>, such as '*.ERROR.#'; may be "
         "repeated (default: CONTEXT's records, else '#': all)",
-    )  # fmt: skip
-    group.add_argument("--exchange", default="logs", metavar="NAME",
-                       help="the topic exchange (default: logs)")  # fmt: skip
+    )
+    group.add_argument(
+        "--exchange", default="logs", metavar="NAME", help="the topic exchange (default: logs)"
+    )
 
 
 def run_tail(args: argparse.Namespace, out: TextIO, err: TextIO, color: bool) -> None:
@@ -117,9 +124,13 @@ def run_tail(args: argparse.Namespace, out: TextIO, err: TextIO, color: bool) ->
     match = EntryFilter(level, args.logger or None)
     render = Renderer(color=color, json_lines=args.json)
     try:
-        for entry in listen_amqp(args.amqp, args.exchange, patterns,
-                                 match=match if match.active else None,
-                                 notify=notifier(err)):  # fmt: skip
+        for entry in listen_amqp(
+            args.amqp,
+            args.exchange,
+            patterns,
+            match=match if match.active else None,
+            notify=notifier(err),
+        ):
             out.write(render(entry))
             out.flush()
     except amqp.exceptions.AMQPError as exc:

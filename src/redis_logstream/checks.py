@@ -64,16 +64,34 @@ def _check_amqp_options(where: str, options: Mapping[str, Any]) -> list[CheckMes
     try:
         from .amqp import AmqpOptions
     except ImportError as exc:
-        return [Error(str(exc), hint='pip install "django-redis-logstream[amqp]"', obj=where,
-                      id="redis_logstream.E001")]  # fmt: skip
+        return [
+            Error(
+                str(exc),
+                hint='pip install "django-redis-logstream[amqp]"',
+                obj=where,
+                id="redis_logstream.E001",
+            )
+        ]
     try:
         resolve(AmqpOptions, options, renamed=AMQP_SETTINGS, others=REDIS_ONLY_NAMES)
     except TypeError as exc:
-        return [Error(str(exc), hint="See docs/rabbitmq.md for the option names.",
-                      obj=where, id="redis_logstream.E002")]  # fmt: skip
+        return [
+            Error(
+                str(exc),
+                hint="See docs/rabbitmq.md for the option names.",
+                obj=where,
+                id="redis_logstream.E002",
+            )
+        ]
     except ValueError as exc:
-        return [Error(str(exc), hint="See docs/rabbitmq.md for the allowed values.",
-                      obj=where, id="redis_logstream.E003")]  # fmt: skip
+        return [
+            Error(
+                str(exc),
+                hint="See docs/rabbitmq.md for the allowed values.",
+                obj=where,
+                id="redis_logstream.E003",
+            )
+        ]
     return []
 
 
@@ -81,20 +99,35 @@ def _check_options(where: str, options: Mapping[str, Any]) -> list[CheckMessage]
     try:
         resolved = resolve_options(options)
     except TypeError as exc:
-        return [Error(str(exc), hint="See docs/configuration.md for the option names.",
-                      obj=where, id="redis_logstream.E002")]
+        return [
+            Error(
+                str(exc),
+                hint="See docs/configuration.md for the option names.",
+                obj=where,
+                id="redis_logstream.E002",
+            )
+        ]
     except ValueError as exc:
-        return [Error(str(exc), hint="See docs/configuration.md for the allowed values.",
-                      obj=where, id="redis_logstream.E003")]
+        return [
+            Error(
+                str(exc),
+                hint="See docs/configuration.md for the allowed values.",
+                obj=where,
+                id="redis_logstream.E003",
+            )
+        ]
     try:
         client_factory(resolved)
     except ConfigurationError as exc:
-        return [Error(
-            str(exc),
-            hint="Give the handler url= (redis://...), client=, or connection= naming a "
-            "django-redis cache alias in settings.CACHES.",
-            obj=where, id="redis_logstream.E001",
-        )]
+        return [
+            Error(
+                str(exc),
+                hint="Give the handler url= (redis://...), client=, or connection= naming a "
+                "django-redis cache alias in settings.CACHES.",
+                obj=where,
+                id="redis_logstream.E001",
+            )
+        ]
     return []
 
 
@@ -134,10 +167,14 @@ def check_site_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
         try:
             site_setting(name)
         except (TypeError, ValueError) as exc:
-            messages.append(Error(
-                str(exc), hint="See docs/django.md and docs/console.md for the site settings.",
-                obj="settings.REDIS_LOGSTREAM", id="redis_logstream.E003",
-            ))
+            messages.append(
+                Error(
+                    str(exc),
+                    hint="See docs/django.md and docs/console.md for the site settings.",
+                    obj="settings.REDIS_LOGSTREAM",
+                    id="redis_logstream.E003",
+                )
+            )
     return messages
 
 
@@ -151,9 +188,12 @@ def check_middleware_order(app_configs: Any = None, **kwargs: Any) -> list[Check
         MIDDLEWARE_PATH
     ):
         return []
-    return [Warning(
-        "LogContextMiddleware runs before AuthenticationMiddleware: it cannot see the "
-        "user, so requests get no log context.",
-        hint=f"Put {MIDDLEWARE_PATH!r} after {AUTH_MIDDLEWARE!r} in MIDDLEWARE.",
-        obj="settings.MIDDLEWARE", id="redis_logstream.W001",
-    )]
+    return [
+        Warning(
+            "LogContextMiddleware runs before AuthenticationMiddleware: it cannot see the "
+            "user, so requests get no log context.",
+            hint=f"Put {MIDDLEWARE_PATH!r} after {AUTH_MIDDLEWARE!r} in MIDDLEWARE.",
+            obj="settings.MIDDLEWARE",
+            id="redis_logstream.W001",
+        )
+    ]

@@ -74,13 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     colour = connection.add_mutually_exclusive_group()
     colour.add_argument(
-        "--no-color", dest="color", action="store_false", default=None,
+        "--no-color",
+        dest="color",
+        action="store_false",
+        default=None,
         help="never colour the output (default: colour on a terminal, unless NO_COLOR is set)",
-    )  # fmt: skip
+    )
     colour.add_argument(
-        "--force-color", dest="color", action="store_true",
+        "--force-color",
+        dest="color",
+        action="store_true",
         help="colour the output even when it is not a terminal",
-    )  # fmt: skip
+    )
     if amqp_tail is not None:
         amqp_tail.add_arguments(tail_parser)
     tail_parser.set_defaults(run=run_tail)

@@ -122,10 +122,19 @@ def _cache_settings(alias: str) -> Mapping[str, Any]:
 
 
 _PLAIN_SCHEMES = ("redis://", "rediss://", "unix://")
-_POOL_KEYS = frozenset({
-    "username", "password", "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile",
-    "ssl_check_hostname", "db", "protocol",
-})  # fmt: skip
+_POOL_KEYS = frozenset(
+    {
+        "username",
+        "password",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_check_hostname",
+        "db",
+        "protocol",
+    }
+)
 
 
 def _locations(alias: str, cache: Mapping[str, Any]) -> list[str]:

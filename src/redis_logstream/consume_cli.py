@@ -99,12 +99,25 @@ EXAMPLES
 
 #: The settings a --config file may hold, with their types.
 _KEYS: dict[str, type | tuple[type, ...]] = {
-    "callback": str, "url": str, "contexts": list, "global": bool, "group": str,
-    "consumer": str, "from_start": bool, "level": (str, int), "logger": str,
-    "batch": int, "claim_after": (int, float), "retry_after": (int, float),
-    "max_retries": int, "max_deliveries": int, "consumer_config": dict, "amqp": str,
-    "bind": list, "exchange": str,
-}  # fmt: skip
+    "callback": str,
+    "url": str,
+    "contexts": list,
+    "global": bool,
+    "group": str,
+    "consumer": str,
+    "from_start": bool,
+    "level": (str, int),
+    "logger": str,
+    "batch": int,
+    "claim_after": (int, float),
+    "retry_after": (int, float),
+    "max_retries": int,
+    "max_deliveries": int,
+    "consumer_config": dict,
+    "amqp": str,
+    "bind": list,
+    "exchange": str,
+}
 
 
 def epilog(prog: str, extra: str = "") -> str:
@@ -115,81 +128,106 @@ def epilog(prog: str, extra: str = "") -> str:
 def add_arguments(parser: argparse.ArgumentParser, *, site: bool) -> None:
     """The arguments of consume_logs and ``redis-logstream consume``."""
     parser.add_argument(
-        "contexts", nargs="*", metavar="CONTEXT",
+        "contexts",
+        nargs="*",
+        metavar="CONTEXT",
         help="a log context whose stream to read (several may be given); "
         "give CONTEXT, --global or both",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--global", dest="global_stream", action="store_true", default=None,
+        "--global",
+        dest="global_stream",
+        action="store_true",
+        default=None,
         help="read the site-wide stream, which holds every record",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--callback", metavar="MODULE:NAME",
+        "--callback",
+        metavar="MODULE:NAME",
         help="what to call for each record: package.module:function or :Class",
-    )  # fmt: skip
+    )
     parser.add_argument("--group", metavar="NAME", help="the consumer group (required)")
     parser.add_argument(
-        "--consumer", metavar="NAME",
+        "--consumer",
+        metavar="NAME",
         help="this consumer's name in the group; keep it across restarts to get back "
         "what it left pending at once (default: <host>-<pid>)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--from-start", action="store_true", default=None,
+        "--from-start",
+        action="store_true",
+        default=None,
         help="a new group begins with the oldest record the streams hold (default: "
         "with records arriving from now on); an existing group goes on where it was",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--level", metavar="LEVEL",
+        "--level",
+        metavar="LEVEL",
         help="only records at LEVEL or above reach the callback; the others are "
         "acknowledged and counted as skipped (default: every level)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--logger", metavar="PREFIX",
+        "--logger",
+        metavar="PREFIX",
         help="only records of the logger PREFIX and its children reach the callback",
-    )  # fmt: skip
+    )
     tuning = parser.add_argument_group("tuning")
-    tuning.add_argument("--batch", type=int, metavar="N",
-                        help="records read per round trip (default: 100)")  # fmt: skip
     tuning.add_argument(
-        "--claim-after", type=float, metavar="SECONDS",
+        "--batch", type=int, metavar="N", help="records read per round trip (default: 100)"
+    )
+    tuning.add_argument(
+        "--claim-after",
+        type=float,
+        metavar="SECONDS",
         help="take over records another consumer has left pending this long (default: 60)",
-    )  # fmt: skip
+    )
     tuning.add_argument(
-        "--retry-after", type=float, metavar="SECONDS",
+        "--retry-after",
+        type=float,
+        metavar="SECONDS",
         help="delay before a Nack'ed record is offered again (default: 5)",
-    )  # fmt: skip
+    )
     tuning.add_argument(
-        "--max-deliveries", type=int, metavar="N",
+        "--max-deliveries",
+        type=int,
+        metavar="N",
         help="deliveries of a record, whatever ended each one (Nack, exception, crash), "
         "before it goes to the dead-letter stream with the last error (default: 5)",
-    )  # fmt: skip
+    )
     tuning.add_argument(
-        "--max-retries", type=int, metavar="N",
+        "--max-retries",
+        type=int,
+        metavar="N",
         help="the older spelling of --max-deliveries N+1",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--config", metavar="FILE.toml", type=Path,
+        "--config",
+        metavar="FILE.toml",
+        type=Path,
         help="read these settings from a TOML file (see CONFIGURATION FILE)",
-    )  # fmt: skip
+    )
     if not site:
         parser.add_argument(
             "--url",
             help="the Redis to read (any URL the handler takes; default: $REDIS_URL)",
         )
     rabbit = parser.add_argument_group(
-        "RabbitMQ", "Consume what an AmqpLogHandler publishes instead (the amqp extra): the "
+        "RabbitMQ",
+        "Consume what an AmqpLogHandler publishes instead (the amqp extra): the "
         "group is the durable queue <exchange>.<group>; Nack requeues after --retry-after; "
         "given-up records go to the queue <exchange>.<group>.dead-letter.",
-    )  # fmt: skip
-    rabbit.add_argument("--amqp", metavar="URL",
-                        help="the broker: amqp://user:password@host:port/vhost")  # fmt: skip
+    )
     rabbit.add_argument(
-        "--bind", metavar="PATTERN", action="append",
+        "--amqp", metavar="URL", help="the broker: amqp://user:password@host:port/vhost"
+    )
+    rabbit.add_argument(
+        "--bind",
+        metavar="PATTERN",
+        action="append",
         help="bind the group's queue with this topic pattern (repeatable; default: the "
         "CONTEXTs' records, all records with --global)",
-    )  # fmt: skip
-    rabbit.add_argument("--exchange", metavar="NAME",
-                        help="the topic exchange (default: logs)")  # fmt: skip
+    )
+    rabbit.add_argument("--exchange", metavar="NAME", help="the topic exchange (default: logs)")
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -259,13 +297,20 @@ class ConsumeRequest:
         if "max_retries" in tuning and "max_deliveries" in tuning:
             raise CommandFailed("give --max-deliveries or --max-retries, not both", USAGE)
         return cls(
-            callback=merged["callback"], group=merged["group"], contexts=contexts,
-            include_global=bool(merged.get("global_stream")), consumer=merged.get("consumer"),
-            from_start=bool(merged.get("from_start")), url=merged.get("url"),
-            filter=EntryFilter(min_level, merged.get("logger") or None), tuning=tuning,
-            consumer_config=merged.get("consumer_config") or {}, amqp=merged.get("amqp"),
-            bind=bind, exchange=merged.get("exchange") or "logs",
-        )  # fmt: skip
+            callback=merged["callback"],
+            group=merged["group"],
+            contexts=contexts,
+            include_global=bool(merged.get("global_stream")),
+            consumer=merged.get("consumer"),
+            from_start=bool(merged.get("from_start")),
+            url=merged.get("url"),
+            filter=EntryFilter(min_level, merged.get("logger") or None),
+            tuning=tuning,
+            consumer_config=merged.get("consumer_config") or {},
+            amqp=merged.get("amqp"),
+            bind=bind,
+            exchange=merged.get("exchange") or "logs",
+        )
 
 
 def import_callback(path: str) -> Callable[..., Any]:
@@ -295,24 +340,32 @@ def run(request: ConsumeRequest, **connection: Any) -> int:
     """
     callback = import_callback(request.callback)
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                for sig in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     if not logging.getLogger().handlers and not logging.getLogger("redis_logstream").handlers:
-        logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                            format="%(asctime)s %(levelname)s %(message)s")  # fmt: skip
+        logging.basicConfig(
+            stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+        )
     if request.url:
         connection = {"url": request.url}
     try:
         if request.amqp:
             return _consume_amqp(request, callback, stop)
         return consume(
-            callback, group=request.group, contexts=request.contexts,
-            include_global=request.include_global, consumer=request.consumer,
-            start="0" if request.from_start else "$", block_ms=DEFAULT_BLOCK_MS,
+            callback,
+            group=request.group,
+            contexts=request.contexts,
+            include_global=request.include_global,
+            consumer=request.consumer,
+            start="0" if request.from_start else "$",
+            block_ms=DEFAULT_BLOCK_MS,
             match=request.filter if request.filter.active else None,
-            callback_config=dict(request.consumer_config) or None, stop=stop,
-            **request.tuning, **connection,
-        )  # fmt: skip
+            callback_config=dict(request.consumer_config) or None,
+            stop=stop,
+            **request.tuning,
+            **connection,
+        )
     except (TypeError, ValueError) as exc:
         raise CommandFailed(" ".join(str(exc).split()), USAGE) from None
     except (redis.RedisError, RedisClusterException) as exc:
@@ -335,13 +388,21 @@ def _consume_amqp(request: ConsumeRequest, callback: Any, stop: threading.Event)
         patterns = ["#"]
     callback = built_callback(callback, request.consumer_config)
     consumer = AmqpConsumer(
-        callback, url=request.amqp or "", group=request.group, patterns=patterns,
-        exchange=request.exchange, consumer=request.consumer,
-        batch=request.tuning.get("batch", 100), retry_after=request.tuning.get("retry_after", 5.0),
-        max_deliveries=delivery_limit(request.tuning.get("max_deliveries", DEFAULT_MAX_DELIVERIES),
-                                      request.tuning.get("max_retries")),
-        match=request.filter if request.filter.active else None, stop=stop,
-    )  # fmt: skip
+        callback,
+        url=request.amqp or "",
+        group=request.group,
+        patterns=patterns,
+        exchange=request.exchange,
+        consumer=request.consumer,
+        batch=request.tuning.get("batch", 100),
+        retry_after=request.tuning.get("retry_after", 5.0),
+        max_deliveries=delivery_limit(
+            request.tuning.get("max_deliveries", DEFAULT_MAX_DELIVERIES),
+            request.tuning.get("max_retries"),
+        ),
+        match=request.filter if request.filter.active else None,
+        stop=stop,
+    )
     try:
         return consumer.run()
     except amqp.exceptions.AMQPError as exc:

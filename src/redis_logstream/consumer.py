@@ -102,8 +102,14 @@ class Consumer(CallbackRunner):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, not {value!r}")
         name = consumer or default_consumer_name()
-        super().__init__(callback, name, group, match=match, stop=stop,
-                         max_deliveries=delivery_limit(max_deliveries, max_retries))  # fmt: skip
+        super().__init__(
+            callback,
+            name,
+            group,
+            match=match,
+            stop=stop,
+            max_deliveries=delivery_limit(max_deliveries, max_retries),
+        )
         dead = dead_letter or f"{names.stream_prefix}{names.channel_prefix}/dead-letter/{group}"
         self.streams = GroupStreams(client, streams, group, self.name, dead_letter=dead)
         self.start_id = start
@@ -143,9 +149,13 @@ class Consumer(CallbackRunner):
                 except redis.ResponseError as exc:
                     if "NOGROUP" not in str(exc):
                         raise
-                    report(logging.WARNING, "redis_logstream consumer %s: group %s is gone (Redis "
-                           "restarted empty?); creating it again from the start of the streams",
-                           self.name, self.group)  # fmt: skip
+                    report(
+                        logging.WARNING,
+                        "redis_logstream consumer %s: group %s is gone (Redis "
+                        "restarted empty?); creating it again from the start of the streams",
+                        self.name,
+                        self.group,
+                    )
                     self.streams.create_groups("0")
         finally:
             self._finish()
@@ -175,8 +185,12 @@ class Consumer(CallbackRunner):
 
     def _backoff(self, delay: float, exc: Exception, quiet: bool = False) -> float:
         if not quiet and not delay:
-            report(logging.WARNING, "redis_logstream consumer %s: cannot reach Redis (%s); "
-                   "retrying", self.name, " ".join(str(exc).split()))  # fmt: skip
+            report(
+                logging.WARNING,
+                "redis_logstream consumer %s: cannot reach Redis (%s); retrying",
+                self.name,
+                " ".join(str(exc).split()),
+            )
         delay = min(_BACKOFF_CAP, (delay or _BACKOFF_FIRST) * 2)
         self._stopping.wait(delay)
         return delay
@@ -219,9 +233,7 @@ class Consumer(CallbackRunner):
         self.counts["acked"] += sum(map(len, acks.values()))
         return entry
 
-    def _dead_letter(
-        self, entry: LogEntry, attempts: int, reason: str, error: str | None
-    ) -> None:
+    def _dead_letter(self, entry: LogEntry, attempts: int, reason: str, error: str | None) -> None:
         self.streams.dead_letter(entry, attempts, reason, error)
 
     @property
@@ -265,8 +277,11 @@ class Consumer(CallbackRunner):
                 logging.WARNING,
                 "consumer %s: %d records of %s were trimmed before group %s read them "
                 "(the stream is capped at stream_maxlen; consumers fell behind)",
-                self.name, count, stream, self.group,
-            )  # fmt: skip
+                self.name,
+                count,
+                stream,
+                self.group,
+            )
 
     def _finish(self) -> None:
         """Acknowledge what was handled, uncount what was never handed out;
@@ -276,18 +291,28 @@ class Consumer(CallbackRunner):
             try:
                 self.streams.uncount(unreached)
             except (redis.RedisError, RedisClusterException) as exc:
-                report(logging.WARNING, "consumer %s: %d records read and not handled keep "
-                       "one delivery in their count (%s)", self.name, len(unreached),
-                       exc)  # fmt: skip
+                report(
+                    logging.WARNING,
+                    "consumer %s: %d records read and not handled keep "
+                    "one delivery in their count (%s)",
+                    self.name,
+                    len(unreached),
+                    exc,
+                )
         acks, self._acks = self._acks, {}
         if acks:
             try:
                 self.streams.ack(acks)
                 self.counts["acked"] += sum(map(len, acks.values()))
             except (redis.RedisError, RedisClusterException) as exc:
-                report(logging.WARNING, "consumer %s: could not acknowledge %d handled records "
-                       "(%s); they will be delivered again", self.name,
-                       sum(map(len, acks.values())), exc)  # fmt: skip
+                report(
+                    logging.WARNING,
+                    "consumer %s: could not acknowledge %d handled records "
+                    "(%s); they will be delivered again",
+                    self.name,
+                    sum(map(len, acks.values())),
+                    exc,
+                )
         self._close_callback()
 
 
@@ -331,11 +356,22 @@ def consume(
         streams.append(names.global_stream)
     callback = built_callback(callback, callback_config)
     worker = Consumer(
-        callback, client=redis_client, names=names, streams=streams, group=group,
-        consumer=consumer, start=start, batch=batch, block_ms=block_ms,
-        claim_after=claim_after, retry_after=retry_after, max_deliveries=max_deliveries,
-        max_retries=max_retries, match=match, stop=stop,
-    )  # fmt: skip
+        callback,
+        client=redis_client,
+        names=names,
+        streams=streams,
+        group=group,
+        consumer=consumer,
+        start=start,
+        batch=batch,
+        block_ms=block_ms,
+        claim_after=claim_after,
+        retry_after=retry_after,
+        max_deliveries=max_deliveries,
+        max_retries=max_retries,
+        match=match,
+        stop=stop,
+    )
     return worker.run()
 
 
@@ -346,8 +382,11 @@ def consumer_client(
 
     Its read timeout outlasts a blocking read; redis-py's retries stay off.
     """
-    overrides = {k: v for k, v in (("connection", connection), ("url", url),
-                                   ("client", client)) if v is not None}  # fmt: skip
+    overrides = {
+        k: v
+        for k, v in (("connection", connection), ("url", url), ("client", client))
+        if v is not None
+    }
     options = resolve_options(overrides)
     base = client_factory(options)()
     timeout = block_ms / 1000 + READ_MARGIN

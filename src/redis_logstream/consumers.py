@@ -126,21 +126,23 @@ class LogEntry:
         """
         levelno = self.levelno if self.levelno is not None else logging.NOTSET
         created = self.timestamp
-        record = logging.makeLogRecord({
-            "name": self.logger or "root",
-            "msg": self.message,
-            "args": None,
-            "levelno": levelno,
-            "levelname": self.level if self.level != "?" else logging.getLevelName(levelno),
-            "created": created,
-            "msecs": (created - int(created)) * 1000,
-            "process": self.pid,
-            "processName": self.pod or "",
-            "context": self.context,
-            "pod": self.pod,
-            "stream": self.stream,
-            "entry_id": self.id,
-        })  # fmt: skip
+        record = logging.makeLogRecord(
+            {
+                "name": self.logger or "root",
+                "msg": self.message,
+                "args": None,
+                "levelno": levelno,
+                "levelname": self.level if self.level != "?" else logging.getLevelName(levelno),
+                "created": created,
+                "msecs": (created - int(created)) * 1000,
+                "process": self.pid,
+                "processName": self.pod or "",
+                "context": self.context,
+                "pod": self.pod,
+                "stream": self.stream,
+                "entry_id": self.id,
+            }
+        )
         return record
 
 

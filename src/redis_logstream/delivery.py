@@ -124,8 +124,7 @@ class Delivery:
                     self._down_since = time.monotonic()
                     report(
                         logging.WARNING,
-                        "redis_logstream: cannot write (%s); keeping up to %d records "
-                        "and retrying",
+                        "redis_logstream: cannot write (%s); keeping up to %d records and retrying",
                         self.last_error,
                         self.queue_size,
                     )

@@ -19,9 +19,14 @@ from typing import Any
 __all__ = ["LEVELS", "Entry", "EntryFilter", "decode_entry", "parse_level"]
 
 LEVELS: Mapping[str, int] = {
-    "DEBUG": 10, "INFO": 20, "WARNING": 30, "WARN": 30,
-    "ERROR": 40, "CRITICAL": 50, "FATAL": 50,
-}  # fmt: skip
+    "DEBUG": 10,
+    "INFO": 20,
+    "WARNING": 30,
+    "WARN": 30,
+    "ERROR": 40,
+    "CRITICAL": 50,
+    "FATAL": 50,
+}
 _LEVEL_NAMES = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}
 
 

@@ -121,8 +121,7 @@ class GroupStreams:
             )
             ids = [row["message_id"] for row in rows]
             if ids:
-                taken = self.client.xclaim(stream, self.group, self.name, idle_ms, ids,
-                                           justid=True)  # fmt: skip
+                taken = self.client.xclaim(stream, self.group, self.name, idle_ms, ids, justid=True)
                 found.extend((stream, _text(entry_id)) for entry_id in taken)
         return found
 
@@ -151,12 +150,9 @@ class GroupStreams:
         for entry in entries:
             by_stream.setdefault(entry.stream, []).append(entry.id)
         for stream, ids in by_stream.items():
-            self.client.xclaim(stream, self.group, self.name, 0, ids, retrycount=0,
-                               justid=True)  # fmt: skip
+            self.client.xclaim(stream, self.group, self.name, 0, ids, retrycount=0, justid=True)
 
-    def read(
-        self, acks: dict[str, list[str]], count: int, block_ms: int
-    ) -> list[LogEntry]:
+    def read(self, acks: dict[str, list[str]], count: int, block_ms: int) -> list[LogEntry]:
         """Acknowledge ``acks`` and read new entries, in one round trip
         (one per stream on a cluster, where streams live in other slots)."""
         if not self._cluster or len(self.streams) == 1:
@@ -164,9 +160,12 @@ class GroupStreams:
             for stream, ids in acks.items():
                 pipe.xack(stream, self.group, *ids)
             pipe.xreadgroup(
-                self.group, self.name, dict.fromkeys(self.streams, ">"), count=count,
+                self.group,
+                self.name,
+                dict.fromkeys(self.streams, ">"),
+                count=count,
                 block=block_ms,
-            )  # fmt: skip
+            )
             reply = pipe.execute()[-1] or []
             return [e for stream, rows in reply for e in self._entries(_text(stream), rows)]
         self.ack(acks)
@@ -199,9 +198,14 @@ class GroupStreams:
         """Keep a given-up record, with where it came from and why: ``reason``
         in one line, ``error`` the callback's traceback when it raised."""
         fields = {
-            "data": entry.raw, "stream": entry.stream, "id": entry.id, "group": self.group,
-            "consumer": self.name, "attempts": attempts, "reason": reason,
-        }  # fmt: skip
+            "data": entry.raw,
+            "stream": entry.stream,
+            "id": entry.id,
+            "group": self.group,
+            "consumer": self.name,
+            "attempts": attempts,
+            "reason": reason,
+        }
         if error:
             fields["error"] = error
         self.client.xadd(self.dead, fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)

@@ -51,9 +51,7 @@ class LogstreamCollector(Collector):
     """Collects ``stats()`` of the handlers ``handlers()`` returns (default:
     every live RedisLogHandler of the process) at each scrape."""
 
-    def __init__(
-        self, handlers: Callable[[], Iterable[RedisLogHandler]] = live_handlers
-    ) -> None:
+    def __init__(self, handlers: Callable[[], Iterable[RedisLogHandler]] = live_handlers) -> None:
         self.handlers = handlers
 
     def collect(self) -> Iterator[Metric]:

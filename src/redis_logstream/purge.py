@@ -81,31 +81,40 @@ def epilog(prog: str, extra: str = "") -> str:
 def add_arguments(parser: argparse.ArgumentParser, *, site: bool) -> None:
     """The arguments of purge_log_context (and of a CLI purge later)."""
     parser.add_argument(
-        "contexts", nargs="*", metavar="CONTEXT",
+        "contexts",
+        nargs="*",
+        metavar="CONTEXT",
         help="a log context whose stream to delete, e.g. User.alice (any number)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--global", dest="global_stream", action="store_true",
+        "--global",
+        dest="global_stream",
+        action="store_true",
         help="also delete the site-wide global stream (default: keep it)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--all", dest="everything", action="store_true",
+        "--all",
+        dest="everything",
+        action="store_true",
         help="delete every log stream (all contexts, the global one and the dead-letter "
         "streams), found with SCAN; needs --yes and no CONTEXT",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--yes", action="store_true",
+        "--yes",
+        action="store_true",
         help="confirm --all (default: --all refuses to run)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--dry-run", action="store_true",
+        "--dry-run",
+        action="store_true",
         help="print what would be deleted, and delete nothing (default: delete)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--streams-only", action="store_true",
+        "--streams-only",
+        action="store_true",
         help="delete the contexts' own streams only, leaving their records in the global "
         "and dead-letter streams (default: remove those too, which reads those streams whole)",
-    )  # fmt: skip
+    )
     add_naming_arguments(parser, site=site)
 
 
@@ -229,9 +238,7 @@ def purge(client: Any, names: Names, request: PurgeRequest, out: TextIO) -> int:
     return streams
 
 
-def _erase_shared(
-    client: Any, names: Names, request: PurgeRequest, out: TextIO
-) -> list[Erasure]:
+def _erase_shared(client: Any, names: Names, request: PurgeRequest, out: TextIO) -> list[Erasure]:
     """Remove the contexts' entries from the global stream (unless it was
     deleted whole) and from the dead-letter streams; say what went from each."""
     if not request.contexts or request.streams_only:

@@ -86,9 +86,7 @@ def use_color(stream: Any, force: bool | None = None) -> bool:
 class Renderer:
     """Formats entries as text lines (each ending with a newline)."""
 
-    def __init__(
-        self, *, color: bool = False, json_lines: bool = False, utc: bool = False
-    ) -> None:
+    def __init__(self, *, color: bool = False, json_lines: bool = False, utc: bool = False) -> None:
         self.color = color
         self.json_lines = json_lines
         self._clock = time.gmtime if utc else time.localtime

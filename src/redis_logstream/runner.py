@@ -25,18 +25,32 @@ from typing import Any
 from .consumers import Drop, HaltConsumer, LogEntry, Nack
 from .diagnostics import report
 
-__all__ = ["COUNTERS", "DEFAULT_MAX_DELIVERIES", "CallbackRunner", "built_callback",
-           "delivery_limit"]  # fmt: skip
+__all__ = [
+    "COUNTERS",
+    "DEFAULT_MAX_DELIVERIES",
+    "CallbackRunner",
+    "built_callback",
+    "delivery_limit",
+]
 
-COUNTERS = ("handled", "acked", "nacked", "dropped", "dead_lettered", "claimed", "missed",
-            "skipped")  # fmt: skip
+COUNTERS = (
+    "handled",
+    "acked",
+    "nacked",
+    "dropped",
+    "dead_lettered",
+    "claimed",
+    "missed",
+    "skipped",
+)
 DEFAULT_MAX_DELIVERIES = 5
 #: The dead-letter copy keeps the end of the traceback, up to this many characters.
 TRACEBACK_CHARS = 4000
 
 
-def delivery_limit(max_deliveries: int = DEFAULT_MAX_DELIVERIES,
-                   max_retries: int | None = None) -> int:  # fmt: skip
+def delivery_limit(
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES, max_retries: int | None = None
+) -> int:
     """The number of deliveries a record gets; ``max_retries`` (Nacks after
     the first delivery, the older spelling) is ``max_deliveries - 1``."""
     if max_retries is not None:
@@ -104,8 +118,12 @@ class CallbackRunner:
         if entry.deliveries > self.max_deliveries:
             # Its earlier deliveries ended with no answer: a crash, kill -9, a halt.
             prior = entry.deliveries - 1
-            self._give_up(entry, prior, f"delivered {prior} times and never acknowledged "
-                          "(the consumer stopped or died while handling it)")  # fmt: skip
+            self._give_up(
+                entry,
+                prior,
+                f"delivered {prior} times and never acknowledged "
+                "(the consumer stopped or died while handling it)",
+            )
             return
         if self.match is not None and not self.match(entry):
             self.counts["skipped"] += 1
@@ -135,18 +153,27 @@ class CallbackRunner:
                     logging.ERROR,
                     "consumer %s: the callback failed on %s %s, delivery %d of %d; the "
                     "record goes to the dead-letter stream and the consumer goes on",
-                    self.name, entry.stream, entry.id, entry.deliveries, self.max_deliveries,
+                    self.name,
+                    entry.stream,
+                    entry.id,
+                    entry.deliveries,
+                    self.max_deliveries,
                     exc_info=True,
-                )  # fmt: skip
+                )
                 text = "".join(traceback.format_exception(exc))[-TRACEBACK_CHARS:]
                 self._give_up(entry, entry.deliveries, f"{type(exc).__name__}: {exc}", text)
                 return
             report(
                 logging.ERROR,
                 "consumer %s: the callback failed on %s %s, delivery %d of %d; the record "
-                "stays pending and the consumer stops", self.name, entry.stream, entry.id,
-                entry.deliveries, self.max_deliveries, exc_info=True,
-            )  # fmt: skip
+                "stays pending and the consumer stops",
+                self.name,
+                entry.stream,
+                entry.id,
+                entry.deliveries,
+                self.max_deliveries,
+                exc_info=True,
+            )
             self._leave(entry)
             self.status = 1
             self.stop()
@@ -162,10 +189,15 @@ class CallbackRunner:
         self.counts["dead_lettered"] += 1
         self._ack(entry)
         report(
-            logging.WARNING, "consumer %s: %s %s given up after %d deliveries (%s); moved to "
-            "the dead-letter %s", self.name, entry.stream, entry.id, attempts,
-            reason.splitlines()[0] if reason else "", self.dead_letter_name,
-        )  # fmt: skip
+            logging.WARNING,
+            "consumer %s: %s %s given up after %d deliveries (%s); moved to the dead-letter %s",
+            self.name,
+            entry.stream,
+            entry.id,
+            attempts,
+            reason.splitlines()[0] if reason else "",
+            self.dead_letter_name,
+        )
 
     def _ack(self, entry: LogEntry) -> None:
         raise NotImplementedError
@@ -173,9 +205,7 @@ class CallbackRunner:
     def _nack(self, entry: LogEntry, nack: Nack) -> None:
         raise NotImplementedError
 
-    def _dead_letter(
-        self, entry: LogEntry, attempts: int, reason: str, error: str | None
-    ) -> None:
+    def _dead_letter(self, entry: LogEntry, attempts: int, reason: str, error: str | None) -> None:
         raise NotImplementedError
 
     @property
@@ -192,5 +222,11 @@ class CallbackRunner:
         if callable(close):
             close()
         counts = ", ".join(f"{name} {count}" for name, count in self.counts.items())
-        report(logging.INFO, "consumer %s of group %s stopped with status %d: %s",
-               self.name, self.group, self.status, counts)  # fmt: skip
+        report(
+            logging.INFO,
+            "consumer %s of group %s stopped with status %d: %s",
+            self.name,
+            self.group,
+            self.status,
+            counts,
+        )

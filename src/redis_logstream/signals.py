@@ -67,9 +67,13 @@ def _enabled() -> bool:
 
 
 def _remember_username(
-    sender: Any, instance: Any, raw: bool = False, using: str | None = None,
-    update_fields: Any = None, **_: Any,
-) -> None:  # fmt: skip
+    sender: Any,
+    instance: Any,
+    raw: bool = False,
+    using: str | None = None,
+    update_fields: Any = None,
+    **_: Any,
+) -> None:
     """pre_save: keep the stored username, if this save may change it."""
     if raw or instance._state.adding or instance.pk is None:
         return
@@ -138,9 +142,11 @@ def purge_user_context(context: str, event: str = "deleted", *, streams_only: bo
             logging.WARNING,
             "The log records of %s were NOT purged after the user was %s: %s. "
             "Purge them once Redis is back: manage.py purge_log_context %s",
-            context, event, str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
             context,
-        )  # fmt: skip
+            event,
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            context,
+        )
         return False
     finally:
         close = getattr(client, "close", None)
@@ -149,7 +155,10 @@ def purge_user_context(context: str, event: str = "deleted", *, streams_only: bo
                 close()
     summary = out.getvalue().splitlines()
     report(
-        logging.INFO, "Purged the log records of %s after the user was %s: %s",
-        context, event, summary[-1] if summary else "nothing to purge",
-    )  # fmt: skip
+        logging.INFO,
+        "Purged the log records of %s after the user was %s: %s",
+        context,
+        event,
+        summary[-1] if summary else "nothing to purge",
+    )
     return True

@@ -80,21 +80,25 @@ def _ready_event(history: int, cursor: tuple[int, int]) -> bytes:
 
 
 def _behind_event(max_bytes: int) -> bytes:
-    return _status({
-        "behind": True,
-        "message": f"this viewer fell behind (over {max_bytes} bytes waiting); "
-        "the response ends and a reconnect resumes from the last record received",
-    })
+    return _status(
+        {
+            "behind": True,
+            "message": f"this viewer fell behind (over {max_bytes} bytes waiting); "
+            "the response ends and a reconnect resumes from the last record received",
+        }
+    )
 
 
 def _skipped_event(skipped: int | None, replay_max: int) -> bytes:
     """``skipped`` is None when Redis would not say (a reader user without XLEN)."""
     count = "Older records" if skipped is None else f"{skipped} older records"
-    return _status({
-        "skipped": skipped,
-        "message": f"{count} were not replayed: the resume point is older than "
-        f"the stream's history, and a resume replays at most {replay_max}",
-    })
+    return _status(
+        {
+            "skipped": skipped,
+            "message": f"{count} were not replayed: the resume point is older than "
+            f"the stream's history, and a resume replays at most {replay_max}",
+        }
+    )
 
 
 class EventStream:

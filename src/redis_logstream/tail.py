@@ -83,60 +83,79 @@ def add_arguments(parser: argparse.ArgumentParser, *, site: bool) -> None:
     """The arguments of tail_logs and of ``redis-logstream tail`` (all but
     the connection and colour options, which each wrapper words its own way)."""
     parser.add_argument(
-        "context", nargs="?", metavar="CONTEXT",
+        "context",
+        nargs="?",
+        metavar="CONTEXT",
         help="the log context to read, e.g. User.alice or job_1b4e28ba2fa1; "
         "give either CONTEXT or --global",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--global", dest="global_stream", action="store_true",
+        "--global",
+        dest="global_stream",
+        action="store_true",
         help="read the site-wide stream instead, which holds every record, "
         "with a context or without",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "-n", "--lines", dest="count", type=_count, default=20, metavar="N",
+        "-n",
+        "--lines",
+        dest="count",
+        type=_count,
+        default=20,
+        metavar="N",
         help="print the last N records (default: 20); 0 prints none (useful with -f), "
         "'all' every record the stream still holds",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "-f", "--follow", action="store_true",
+        "-f",
+        "--follow",
+        action="store_true",
         help="after the history, keep printing new records as they arrive, "
         "until Ctrl-C (default: print and exit)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--since", metavar="DURATION|ID",
+        "--since",
+        metavar="DURATION|ID",
         help="only records newer than DURATION ago (30s, 10m, 2h, 1d, 1h30m; by "
         "Redis's clock) or after the entry ID, such as 1764028888123-0 (default: no limit)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--level", metavar="LEVEL",
+        "--level",
+        metavar="LEVEL",
         help="only records at LEVEL or above: DEBUG, INFO, WARNING, ERROR, CRITICAL "
         "or a number; -n then counts matching records (default: every level)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--logger", metavar="PREFIX",
+        "--logger",
+        metavar="PREFIX",
         help="only records of the logger PREFIX and its children: shop matches "
         "shop and shop.views, not shopping (default: every logger)",
-    )  # fmt: skip
+    )
     live = parser.add_argument_group(
-        "pub/sub", "Follow the live channel instead of the stream (to check what a "
-        "pub/sub consumer receives)."
+        "pub/sub",
+        "Follow the live channel instead of the stream (to check what a "
+        "pub/sub consumer receives).",
     )
     live.add_argument(
-        "--live", action="store_true",
+        "--live",
+        action="store_true",
         help="print records as they are published on the channel, from now on: no "
         "history, and nothing kept while disconnected (-n, -f and --since do not apply)",
-    )  # fmt: skip
+    )
     live.add_argument(
-        "--sharded", action="store_true", default=None,
+        "--sharded",
+        action="store_true",
+        default=None,
         help="with --live, SSUBSCRIBE to the sharded channel, for a handler with "
         "sharded_pubsub=True (default: "
         + ("REDIS_LOGSTREAM['SHARDED_PUBSUB'])" if site else "off)"),
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--json", action="store_true",
+        "--json",
+        action="store_true",
         help="print each record as the JSON object stored in Redis, one per line "
         "(default: readable lines)",
-    )  # fmt: skip
+    )
     add_naming_arguments(parser, site=site)
 
 
@@ -207,9 +226,14 @@ def tail(
     if request.live:
         with redis_errors(reader.client):
             for entry in listen(
-                reader.client, reader.names, request.context,
-                sharded=bool(request.sharded), stop=stop, match=match, notify=notifier(err),
-            ):  # fmt: skip
+                reader.client,
+                reader.names,
+                request.context,
+                sharded=bool(request.sharded),
+                stop=stop,
+                match=match,
+                notify=notifier(err),
+            ):
                 out.write(render(entry))
                 out.flush()
         return

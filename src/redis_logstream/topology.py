@@ -139,11 +139,14 @@ def _sentinel_from_url(url: str, kwargs: Mapping[str, Any]) -> redis.Redis:
     userinfo, hosts = _hosts(parts.netloc, 26379)
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2:
-        raise ValueError(f"{safe_url(url)}: give the service name: redis+sentinel://HOST:PORT/SERVICE")
+        raise ValueError(
+            f"{safe_url(url)}: give the service name: redis+sentinel://HOST:PORT/SERVICE"
+        )
     service = unquote(path[0])
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     sentinel_auth = {
-        name: query.pop(f"sentinel_{name}") for name in ("username", "password")
+        name: query.pop(f"sentinel_{name}")
+        for name in ("username", "password")
         if f"sentinel_{name}" in query
     }
     scheme = parts.scheme.replace("+sentinel", "")

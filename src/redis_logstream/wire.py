@@ -47,7 +47,6 @@ def _timestamp(created: float) -> bytes:
     return repr(created).encode() if math.isfinite(created) else b"null"
 
 
-
 def _cut(text: str, limit: int) -> str | None:
     """``text`` cut to ``limit`` UTF-8 bytes, marker included, on a character
     boundary; None when it fits.  Lone surrogates count as their visible
