@@ -106,6 +106,7 @@ VERSIONS := import sys, django, redis; \
 
 test: install tools old-venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	@$(VENV_PY) -c '$(VERSIONS)'
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
 	@$(OLD_VENV)/bin/python -c '$(VERSIONS)'
@@ -113,6 +114,7 @@ test: install tools old-venv
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 demo: install
 	$(VENV_PY) testproject/demo.py
