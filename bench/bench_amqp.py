@@ -39,7 +39,7 @@ import amqp
 from child_processes import child_env
 from redis_logstream import log_context
 from redis_logstream.amqp import DEFAULT_URL, AmqpLogHandler
-from redis_logstream.amqp_sink import connection_options
+from redis_logstream.amqp.sink import connection_options
 from report import finish_run, guarded, machine, source_revision
 from subjects import CALL, CONTEXT, FORMAT, MESSAGE, QUEUE_SIZE, Subject, attached, bench_logger
 from subjects import log_records as core_records
@@ -50,7 +50,7 @@ NUMBER = re.compile(rb' in (\d+)\.00 ms"')
 #: Profile rows: label, file, function, and the caller to count it under (None: all).
 PARTS = (
     ("shipper thread, all", "shipper.py", "_run", None),
-    ("encoder (JSON, routing key)", "amqp_sink.py", "__call__", None),
+    ("encoder (JSON, routing key)", "amqp/sink.py", "__call__", None),
     ("amqp.Message()", "basic_message.py", "__init__", None),
     ("basic_publish, all", "channel.py", "_basic_publish", None),
     ("  drain_events(0) per publish", "connection.py", "drain_events", "_basic_publish"),

@@ -14,7 +14,7 @@ records/s for one consumer on this machine.
 A private ``redis-server`` (bench/private_redis.py) is filled once with
 ``--records`` records in one stream, ``stream:logs:bench.consumer``, by
 pipelined XADD (field ``data``) of the wire JSON built by the handler's own
-encoder (``redis_logstream.wire.Encoder``: message, level, levelno,
+encoder (``redis_logstream.shipping.wire.Encoder``: message, level, levelno,
 timestamp, logger, context, pod, pid; messages, loggers and levels vary).
 Each round creates a fresh group at ``0`` (``ENTRIESREAD 0``) and starts the
 consumers, each in its own process (this script, ``--child``: threads would
@@ -64,9 +64,9 @@ import redis
 
 from child_processes import child_env
 from private_redis import PrivateRedis
-from redis_logstream.consumer import Consumer, consumer_client
+from redis_logstream.consumers.consumer import Consumer, consumer_client
 from redis_logstream.naming import Names
-from redis_logstream.wire import Encoder
+from redis_logstream.shipping.wire import Encoder
 from report import finish_run, guarded, machine, source_revision
 
 CONTEXT = "bench.consumer"

@@ -70,7 +70,7 @@ from urllib.parse import urlencode
 import redis
 
 from private_redis import PrivateRedis
-from redis_logstream.hubs import BACKLOG_CONNECTIONS
+from redis_logstream.console.hubs import BACKLOG_CONNECTIONS
 from sse_load import clients_main
 from viewer_site import (
     LOOPBACK,
@@ -133,7 +133,7 @@ def stream_path(context: str) -> str:
     """The stream view's URL for ``context``: a token, and live records only."""
     # Only SECRET_KEY is needed; django.setup() would also install the
     # site's LOGGING (a RedisLogHandler) in this process.
-    from redis_logstream.tokens import make_stream_token
+    from redis_logstream.console.tokens import make_stream_token
 
     token = make_stream_token(context, max_age=3600)
     return "/logs/stream/?" + urlencode({"token": token, "history": "0"})

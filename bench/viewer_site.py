@@ -32,8 +32,8 @@ from typing import IO, Any
 import redis
 
 from private_redis import free_port
-from redis_logstream.fanout import FOLLOWER_NAME
-from redis_logstream.hubs import BACKLOG_NAME
+from redis_logstream.console.fanout import FOLLOWER_NAME
+from redis_logstream.console.hubs import BACKLOG_NAME
 from report import cpu_model
 from sse_load import MESSAGE
 

@@ -9,7 +9,7 @@ from django.shortcuts import render
 from django.urls import reverse
 
 from redis_logstream import get_log_context, get_user_context, job_id_factory, log_context
-from redis_logstream.tokens import make_stream_token
+from redis_logstream.console.tokens import make_stream_token
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import redis
 
-from redis_logstream import RedisLogHandler, lifecycle
+from redis_logstream import RedisLogHandler
+from redis_logstream.shipping import lifecycle
 
 _names = itertools.count()
 

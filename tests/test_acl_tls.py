@@ -27,10 +27,10 @@ import redis
 from django.core.management import call_command
 from django.test import Client
 
-from redis_logstream import hubs
-from redis_logstream.fanout import follower_client
-from redis_logstream.reader import StreamReader, client_for_url
-from redis_logstream.tokens import make_stream_token
+from redis_logstream.console import hubs
+from redis_logstream.console.fanout import follower_client
+from redis_logstream.console.tokens import make_stream_token
+from redis_logstream.reading.reader import StreamReader, client_for_url
 from secure_servers import Certificates, SecureRedisServer, User, make_certificates
 from streamlog import REPO, Writer
 

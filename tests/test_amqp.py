@@ -20,9 +20,10 @@ import amqp
 import pytest
 from django.test import override_settings
 
-from redis_logstream import amqp_sink, log_context
+from redis_logstream import log_context
 from redis_logstream.amqp import AmqpLogHandler, binding_key
-from redis_logstream.amqp_routing import MAX_KEY_BYTES
+from redis_logstream.amqp import sink as amqp_sink
+from redis_logstream.amqp.routing import MAX_KEY_BYTES
 
 from helpers import fresh_logger
 

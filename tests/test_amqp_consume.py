@@ -21,7 +21,7 @@ import pytest
 
 from redis_logstream import log_context
 from redis_logstream.amqp import AmqpLogHandler
-from redis_logstream.amqp_consumer import (
+from redis_logstream.amqp.consumer import (
     DELIVERIES_HEADER,
     AmqpConsumer,
     dead_letter_queue,

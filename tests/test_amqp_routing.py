@@ -8,7 +8,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from redis_logstream.amqp import binding_key, decode_word, routing_key
-from redis_logstream.amqp_routing import (
+from redis_logstream.amqp.routing import (
     MAX_CONTEXT_WORD,
     MAX_KEY_BYTES,
     MAX_LEVEL_WORD,

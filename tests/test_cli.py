@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from redis_logstream import cli, reader, tail
+from redis_logstream import cli
+from redis_logstream.cli import tail
 from redis_logstream.naming import Names
-from redis_logstream.reader import StreamReader
-from redis_logstream.topology import SCHEMES
+from redis_logstream.reading import reader
+from redis_logstream.reading.reader import StreamReader
+from redis_logstream.redis.topology import SCHEMES
 from streamlog import REPO, CountingClient, Writer, fill
 
 from helpers import wait_for

@@ -16,11 +16,12 @@ import pytest
 from django.test import Client, override_settings
 from redis.cluster import key_slot
 
-from redis_logstream import hubs, log_context
-from redis_logstream import sink as sink_module
+from redis_logstream import log_context
 from redis_logstream.cli import main as cli_main
-from redis_logstream.live import listen
+from redis_logstream.console import hubs
 from redis_logstream.naming import Names
+from redis_logstream.reading.live import listen
+from redis_logstream.redis import sink as sink_module
 
 from cluster_servers import RedisClusterServers
 from helpers import fresh_logger, messages, wait_for
@@ -95,7 +96,7 @@ def test_a_batch_costs_one_round_trip_per_node(handlers, cluster, monkeypatch):
         trips.append(conn.port)
         return real(conn, packed, replies_each)
 
-    monkeypatch.setattr("redis_logstream.cluster_sink.exchange", counting)
+    monkeypatch.setattr("redis_logstream.redis.cluster_sink.exchange", counting)
     handler = handlers(url=cluster_url(cluster), flush_interval=5.0, batch_size=1000)
     logger = fresh_logger(handler)
     log_context_all = [(c, f"warm {c}") for c in CONTEXTS]

@@ -14,7 +14,7 @@ import redis
 from django_redis import get_redis_connection
 
 from redis_logstream import RedisLogHandler
-from redis_logstream.connection import ConfigurationError
+from redis_logstream.redis.connection import ConfigurationError
 
 from helpers import Handlers, fresh_logger, messages
 
@@ -153,7 +153,7 @@ def test_a_client_without_a_connection_pool_is_refused_at_configuration() -> Non
 
 def test_a_unix_socket_url_works_for_the_handler_and_the_reader(handlers: Handlers) -> None:
     """TCP keepalive does not exist on a Unix socket: redis-py refuses the option there."""
-    from redis_logstream.reader import StreamReader, client_for_url
+    from redis_logstream.reading.reader import StreamReader, client_for_url
 
     from servers import RedisServer
 
@@ -173,8 +173,8 @@ def test_a_unix_socket_url_works_for_the_handler_and_the_reader(handlers: Handle
 
 
 def test_tls_urls_check_host_names_on_every_redis_py_unless_told_not_to() -> None:
-    from redis_logstream.connection import client_from_url
-    from redis_logstream.reader import client_for_url
+    from redis_logstream.reading.reader import client_for_url
+    from redis_logstream.redis.connection import client_from_url
 
     for make in (lambda u: client_from_url(u, 1.0), client_for_url):
         kwargs = make("rediss://redis.example.com:6380/0").connection_pool.connection_kwargs

@@ -19,8 +19,8 @@ import pytest
 import redis
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from redis_logstream.console.tokens import make_stream_token
 from redis_logstream.naming import Names
-from redis_logstream.tokens import make_stream_token
 from tcp_proxy import TcpProxy
 
 from servers import RedisServer, no_retry

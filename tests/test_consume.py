@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from redis_logstream import consume, log_context
-from redis_logstream.consumer import Consumer, consumer_client
 from redis_logstream.consumers import Drop, Forward, LogEntry, Nack
+from redis_logstream.consumers.consumer import Consumer, consumer_client
 
 from helpers import fresh_logger, wait_for
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from redis_logstream.wire import Encoder
+from redis_logstream.shipping.wire import Encoder
 
 from quickstart_site import ROOT
 

@@ -11,10 +11,10 @@ import pytest
 
 from redis_logstream import log_context
 from redis_logstream.cli import main as cli_main
-from redis_logstream.live import listen
+from redis_logstream.cli.tail import TailRequest, tail
 from redis_logstream.naming import Names
-from redis_logstream.reader import StreamReader
-from redis_logstream.tail import TailRequest, tail
+from redis_logstream.reading.live import listen
+from redis_logstream.reading.reader import StreamReader
 
 from helpers import fresh_logger, wait_for
 

@@ -14,10 +14,10 @@ import pytest
 import redis
 from django.core.management import call_command
 
-from redis_logstream.erase import erase_entries
+from redis_logstream.cli.erase import erase_entries
+from redis_logstream.cli.purge import all_streams, glob_escape
 from redis_logstream.management.commands.purge_log_context import Command
 from redis_logstream.naming import Names
-from redis_logstream.purge import all_streams, glob_escape
 from streamlog import Writer
 
 from servers import free_port

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from redis_logstream.naming import Names
-from redis_logstream.reader import (
+from redis_logstream.reading.reader import (
     Entry,
     EntryFilter,
     StreamReader,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from redis_logstream.shipper import Shipper, WriteError
+from redis_logstream.shipping.shipper import Shipper, WriteError
 
 
 class ListSink:

@@ -13,8 +13,8 @@ from redis.exceptions import NoScriptError, OutOfMemoryError, ResponseError
 
 from redis_logstream import RedisLogHandler, log_context
 from redis_logstream.naming import Names
-from redis_logstream.shipper import WriteError
-from redis_logstream.sink import SCRIPTS, RedisSink
+from redis_logstream.redis.sink import SCRIPTS, RedisSink
+from redis_logstream.shipping.shipper import WriteError
 
 from helpers import fresh_logger, messages
 from servers import RedisServer

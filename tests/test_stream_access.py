@@ -14,9 +14,9 @@ import redis
 from django.contrib.auth.models import Permission
 from django.test import Client
 
-from redis_logstream import hubs, tokens
+from redis_logstream.console import hubs, tokens
+from redis_logstream.console.tokens import make_stream_token, read_stream_token
 from redis_logstream.naming import Names
-from redis_logstream.tokens import make_stream_token, read_stream_token
 
 from sse_client import parse_events
 

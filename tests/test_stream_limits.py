@@ -15,11 +15,11 @@ import pytest
 import redis
 from django.test import Client
 
-from redis_logstream import hubs
-from redis_logstream.access import USER_STREAMS
-from redis_logstream.fanout import Subscription
+from redis_logstream.console import hubs
+from redis_logstream.console.access import USER_STREAMS
+from redis_logstream.console.fanout import Subscription
+from redis_logstream.console.tokens import make_stream_token
 from redis_logstream.naming import Names
-from redis_logstream.tokens import make_stream_token
 
 from helpers import wait_for
 from sse_client import Event, parse_events

@@ -15,12 +15,12 @@ import pytest
 import redis
 from django.test import Client
 
-from redis_logstream import hubs
-from redis_logstream.entries import decode_entry
-from redis_logstream.fanout import Subscription, id_key, wake
+from redis_logstream.console import hubs
+from redis_logstream.console.fanout import Subscription, id_key, wake
+from redis_logstream.console.sse import log_event
+from redis_logstream.console.tokens import make_stream_token
 from redis_logstream.naming import Names
-from redis_logstream.sse import log_event
-from redis_logstream.tokens import make_stream_token
+from redis_logstream.reading.entries import decode_entry
 
 from helpers import wait_for
 from servers import RedisServer

@@ -18,7 +18,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from redis_logstream import log_context
-from redis_logstream.tokens import make_stream_token
+from redis_logstream.console.tokens import make_stream_token
 from tcp_proxy import TcpProxy
 
 from helpers import fresh_logger

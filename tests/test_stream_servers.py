@@ -18,8 +18,8 @@ import django
 import pytest
 import redis
 
+from redis_logstream.console.tokens import make_stream_token
 from redis_logstream.naming import Names
-from redis_logstream.tokens import make_stream_token
 
 from helpers import wait_for
 from servers import RedisServer, no_retry

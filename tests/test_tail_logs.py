@@ -27,11 +27,11 @@ from django.test import override_settings
 
 from redis_logstream import log_context
 from redis_logstream.amqp import AmqpLogHandler
+from redis_logstream.cli.tail import TailRequest, tail
 from redis_logstream.management.commands.tail_logs import Command
 from redis_logstream.naming import Names
-from redis_logstream.reader import StreamReader, client_for_url, decode_entry
-from redis_logstream.render import INDENT, Renderer, safe
-from redis_logstream.tail import TailRequest, tail
+from redis_logstream.reading.reader import StreamReader, client_for_url, decode_entry
+from redis_logstream.reading.render import INDENT, Renderer, safe
 from streamlog import Writer, manage
 
 from helpers import wait_for

@@ -11,12 +11,12 @@ from django.test import override_settings
 from redis.sentinel import SentinelConnectionPool
 
 from redis_logstream import RedisLogHandler
-from redis_logstream.cluster_sink import ClusterSink
 from redis_logstream.conf import Options
-from redis_logstream.connection import names_for, uses_cluster
 from redis_logstream.naming import Names
-from redis_logstream.sink import RedisSink
-from redis_logstream.topology import client_for_url, clone, connection_kwargs
+from redis_logstream.redis.cluster_sink import ClusterSink
+from redis_logstream.redis.connection import names_for, uses_cluster
+from redis_logstream.redis.sink import RedisSink
+from redis_logstream.redis.topology import client_for_url, clone, connection_kwargs
 
 
 def test_a_cluster_url_gives_hash_tagged_names_and_the_cluster_sink() -> None:

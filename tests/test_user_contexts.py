@@ -12,8 +12,9 @@ import pytest
 import redis
 from django.test import Client, RequestFactory
 
-from redis_logstream import get_user_context, hubs
-from redis_logstream.access import grant_for
+from redis_logstream import get_user_context
+from redis_logstream.console import hubs
+from redis_logstream.console.access import grant_for
 from redis_logstream.context import INTERNAL, user_id_context
 from redis_logstream.middleware import request_context
 from redis_logstream.naming import Names

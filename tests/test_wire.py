@@ -1,4 +1,4 @@
-"""Unit tests of redis_logstream.wire: the JSON a record becomes on the wire.
+"""Unit tests of redis_logstream.shipping.wire: the JSON a record becomes on the wire.
 
 The encoder takes the handler's ``(message, levelno, created, logger, context)``
 tuple and returns ``(route, json_bytes)``; no Redis involved.
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from redis_logstream.wire import MAX_NAME_BYTES, Encoder
+from redis_logstream.shipping.wire import MAX_NAME_BYTES, Encoder
 
 KEYS = {"message", "level", "levelno", "timestamp", "logger", "context", "pod", "pid"}
 CUT = re.compile(r" \[\.\.\. (\d+) bytes cut\]\Z")

@@ -16,18 +16,18 @@ class RedisLogstreamConfig(AppConfig):
     default_auto_field = "django.db.models.AutoField"
 
     def ready(self) -> None:
-        from . import checks, signals  # noqa: F401 - checks registers the system checks
-        from .conf import site_setting
+        from redis_logstream import checks, signals  # noqa: F401 - checks registers the system checks
+        from redis_logstream.conf import site_setting
 
         signals.connect()  # each receiver reads PURGE_USER_CONTEXTS when it runs
 
         if site_setting("celery"):
-            from .celery import install_if_available
+            from redis_logstream.celery import install_if_available
 
             install_if_available()
         if site_setting("prometheus"):
             try:
-                from .prometheus import register
+                from redis_logstream.prometheus import register
             except ImportError as exc:
                 raise ImproperlyConfigured(
                     "REDIS_LOGSTREAM['PROMETHEUS'] is True but prometheus_client is not "

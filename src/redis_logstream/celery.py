@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from .context import (
+from redis_logstream.context import (
     MAX_CONTEXT_LENGTH,
     get_log_context,
     reset_log_context,

@@ -25,7 +25,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 
-from .conf import (
+from redis_logstream.conf import (
     AMQP_SETTINGS,
     REDIS_ONLY_NAMES,
     SITE_DEFAULTS,
@@ -34,10 +34,13 @@ from .conf import (
     site_setting,
     site_settings,
 )
-from .connection import ConfigurationError, client_factory
-from .deploy_checks import risky_options
+from redis_logstream.deploy_checks import risky_options
+from redis_logstream.redis.connection import ConfigurationError, client_factory
 
-HANDLER_PATHS = {"redis_logstream.RedisLogHandler", "redis_logstream.handler.RedisLogHandler"}
+HANDLER_PATHS = {
+    "redis_logstream.RedisLogHandler",
+    "redis_logstream.redis.handler.RedisLogHandler",
+}
 AMQP_HANDLER_PATHS = {"redis_logstream.amqp.AmqpLogHandler"}
 MIDDLEWARE_PATH = "redis_logstream.middleware.LogContextMiddleware"
 AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
@@ -62,7 +65,7 @@ def _handler_entries(paths: Iterable[str] = HANDLER_PATHS) -> list[tuple[str, di
 
 def _check_amqp_options(where: str, options: Mapping[str, Any]) -> list[CheckMessage]:
     try:
-        from .amqp import AmqpOptions
+        from redis_logstream.amqp.handler import AmqpOptions
     except ImportError as exc:
         return [
             Error(

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from .conf import site_setting
+from redis_logstream.conf import site_setting
 
 __all__ = [
     "MAX_CONTEXT_LENGTH",

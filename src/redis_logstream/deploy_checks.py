@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from django.core.checks import CheckMessage, Warning
 
-from .conf import Options
-from .connection import (
+from redis_logstream.conf import Options
+from redis_logstream.redis.connection import (
     ConfigurationError,
     _cache_settings,
     _locations,

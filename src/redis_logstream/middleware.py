@@ -18,7 +18,7 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponseBase
 
-from .context import get_user_context, user_id_context
+from redis_logstream.context import get_user_context, user_id_context
 
 __all__ = ["LogContextMiddleware", "request_context"]
 

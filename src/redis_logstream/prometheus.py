@@ -32,7 +32,8 @@ from collections.abc import Callable, Iterable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
-from .handler import RedisLogHandler, live_handlers
+from redis_logstream.redis.handler import RedisLogHandler
+from redis_logstream.shipping.handler import live_handlers
 
 __all__ = ["LogstreamCollector", "register"]
 

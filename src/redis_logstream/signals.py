@@ -31,9 +31,9 @@ import io
 import logging
 from typing import Any
 
-from .conf import site_setting
-from .context import get_user_context, user_context_name
-from .diagnostics import report
+from redis_logstream.conf import site_setting
+from redis_logstream.context import get_user_context, user_context_name
+from redis_logstream.shipping.diagnostics import report
 
 __all__ = ["connect", "purge_user_context"]
 
@@ -128,8 +128,8 @@ def purge_user_context(context: str, event: str = "deleted", *, streams_only: bo
 
     Returns False (after a warning that says so) when it could not.
     """
-    from .cmdline import site_connection
-    from .purge import PurgeRequest, purge
+    from redis_logstream.cli.cmdline import site_connection
+    from redis_logstream.cli.purge import PurgeRequest, purge
 
     out = io.StringIO()
     client = None

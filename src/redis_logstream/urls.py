@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import views
+from redis_logstream.console import views
 
 app_name = "redis_logstream"
 

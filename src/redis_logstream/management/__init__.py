@@ -1,7 +1,7 @@
 """Management commands of redis_logstream, and what they share.
 
-The commands are thin: the work happens in :mod:`redis_logstream.tail` and
-:mod:`redis_logstream.purge`, which the ``redis-logstream`` console script
+The commands are thin: the work happens in :mod:`redis_logstream.cli.tail` and
+:mod:`redis_logstream.cli.purge`, which the ``redis-logstream`` console script
 also runs.  :class:`ReaderCommand` only adapts them to Django: a man-page
 ``--help``, and the shared failures turned into ``CommandError`` (one line
 on stderr, no traceback, the failure's exit status).
@@ -17,7 +17,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.management.base import DjangoHelpFormatter as _DjangoHelpFormatter
 
-from ..cmdline import CommandFailed, silence_stdout
+from redis_logstream.cli.cmdline import CommandFailed, silence_stdout
 
 __all__ = ["ManPageFormatter", "ReaderCommand"]
 

@@ -20,9 +20,9 @@ from typing import Any
 from django import template
 from django.urls import reverse
 
-from ..access import GLOBAL, Grant
-from ..tokens import make_stream_token
-from ..views import stream_url
+from redis_logstream.console.access import GLOBAL, Grant
+from redis_logstream.console.tokens import make_stream_token
+from redis_logstream.console.views import stream_url
 
 register = template.Library()
 

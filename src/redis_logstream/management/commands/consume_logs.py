@@ -7,9 +7,9 @@ from typing import Any
 
 from django.core.management.base import CommandParser
 
-from ... import consume_cli
-from ...cmdline import add_site_url_argument
-from .. import ReaderCommand
+from redis_logstream.cli import consume as consume_cli
+from redis_logstream.cli.cmdline import add_site_url_argument
+from redis_logstream.management import ReaderCommand
 
 
 class Command(ReaderCommand):

@@ -6,9 +6,9 @@ from typing import Any
 
 from django.core.management.base import CommandParser
 
-from ... import purge
-from ...cmdline import add_site_url_argument, site_connection
-from .. import ReaderCommand
+from redis_logstream.cli import purge
+from redis_logstream.cli.cmdline import add_site_url_argument, site_connection
+from redis_logstream.management import ReaderCommand
 
 
 class Command(ReaderCommand):

@@ -7,12 +7,12 @@ from typing import Any
 
 from django.core.management.base import CommandParser
 
-from ... import tail
-from ...cmdline import add_site_url_argument, site_connection
-from ...conf import resolve_options
-from ...reader import StreamReader
-from ...render import use_color
-from .. import ReaderCommand
+from redis_logstream.cli import tail
+from redis_logstream.cli.cmdline import add_site_url_argument, site_connection
+from redis_logstream.conf import resolve_options
+from redis_logstream.management import ReaderCommand
+from redis_logstream.reading.reader import StreamReader
+from redis_logstream.reading.render import use_color
 
 
 class Command(ReaderCommand):

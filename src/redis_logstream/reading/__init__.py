@@ -1,0 +1,2 @@
+"""Reading Redis streams back: entries, the stream reader (history + follow),
+the pub/sub listener (live) and the text renderer."""
