@@ -23,8 +23,7 @@ from django.test import override_settings
 from redis_logstream import amqp_sink, log_context
 from redis_logstream.amqp import AmqpLogHandler, binding_key
 from redis_logstream.amqp_routing import MAX_KEY_BYTES
-
-from helpers import fresh_logger
+from support.helpers import fresh_logger
 
 
 class Broker:

@@ -18,10 +18,9 @@ from redis_logstream import cli, reader, tail
 from redis_logstream.naming import Names
 from redis_logstream.reader import StreamReader
 from redis_logstream.topology import SCHEMES
-from streamlog import REPO, CountingClient, Writer, fill
-
-from helpers import wait_for
-from servers import free_port
+from support.helpers import wait_for
+from support.servers import free_port
+from support.streamlog import REPO, CountingClient, Writer, fill
 
 ALICE = "User.alice"
 

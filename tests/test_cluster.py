@@ -21,10 +21,9 @@ from redis_logstream import sink as sink_module
 from redis_logstream.cli import main as cli_main
 from redis_logstream.live import listen
 from redis_logstream.naming import Names
-
-from cluster_servers import RedisClusterServers
-from helpers import fresh_logger, messages, wait_for
-from sse_client import parse_events
+from support.cluster_servers import RedisClusterServers
+from support.helpers import fresh_logger, messages, wait_for
+from support.sse_client import parse_events
 
 CONTEXTS = [f"User.u{i}" for i in range(12)]
 

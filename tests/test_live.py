@@ -15,8 +15,7 @@ from redis_logstream.live import listen
 from redis_logstream.naming import Names
 from redis_logstream.reader import StreamReader
 from redis_logstream.tail import TailRequest, tail
-
-from helpers import fresh_logger, wait_for
+from support.helpers import fresh_logger, wait_for
 
 
 class Listener(threading.Thread):

@@ -21,10 +21,9 @@ from redis_logstream.fanout import Subscription, id_key, wake
 from redis_logstream.naming import Names
 from redis_logstream.sse import log_event
 from redis_logstream.tokens import make_stream_token
-
-from helpers import wait_for
-from servers import RedisServer
-from sse_client import Event, parse_events
+from support.helpers import wait_for
+from support.servers import RedisServer
+from support.sse_client import Event, parse_events
 
 pytestmark = pytest.mark.django_db  # closing a response closes old DB connections
 

@@ -32,10 +32,9 @@ from redis_logstream.naming import Names
 from redis_logstream.reader import StreamReader, client_for_url, decode_entry
 from redis_logstream.render import INDENT, Renderer, safe
 from redis_logstream.tail import TailRequest, tail
-from streamlog import Writer, manage
-
-from helpers import wait_for
-from servers import free_port
+from support.helpers import wait_for
+from support.servers import free_port
+from support.streamlog import Writer, manage
 
 ALICE = "User.alice"
 LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} (\S+) +(\S+) (\S+): (.*)$")
