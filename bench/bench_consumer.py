@@ -60,14 +60,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Run as a script, bench/ is sys.path[0]: add the repository (bench.lib) and tests/ (support).
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(2, str(Path(__file__).resolve().parents[1] / "tests"))
+
 import redis
 
-from child_processes import child_env
-from private_redis import PrivateRedis
+from bench.lib.child_processes import child_env
+from bench.lib.private_redis import PrivateRedis
+from bench.lib.report import finish_run, guarded, machine, source_revision
 from redis_logstream.consumer import Consumer, consumer_client
 from redis_logstream.naming import Names
 from redis_logstream.wire import Encoder
-from report import finish_run, guarded, machine, source_revision
 
 CONTEXT = "bench.consumer"
 MIN_RECORDS_PER_S = 20_000

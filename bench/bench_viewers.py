@@ -67,12 +67,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+# Run as a script, bench/ is sys.path[0]: add the repository (bench.lib) and tests/ (support).
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(2, str(Path(__file__).resolve().parents[1] / "tests"))
+
 import redis
 
-from private_redis import PrivateRedis
-from redis_logstream.hubs import BACKLOG_CONNECTIONS
-from sse_load import clients_main
-from viewer_site import (
+from bench.lib.private_redis import PrivateRedis
+from bench.lib.sse_load import clients_main
+from bench.lib.viewer_site import (
     LOOPBACK,
     MONITOR_NAME,
     ROOT,
@@ -84,6 +87,7 @@ from viewer_site import (
     redis_connections,
     threads_and_memory,
 )
+from redis_logstream.hubs import BACKLOG_CONNECTIONS
 
 MAX_P99_MS = 250.0
 #: Seconds the viewers may take, after the last record is in Redis, to get it.

@@ -2,98 +2,47 @@
 
 The benchmark writes hundreds of thousands of entries and flushes the
 database between rounds: it must never do that to a server others use, so it
-starts one on a free loopback port, without persistence, and stops it by pid.
+starts one with the tests' harness (tests/support/servers.py): a free loopback
+port, no persistence, stopped by pid. The soak kills it and starts it again on
+the same port (``kill()``, ``start()``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
-from pathlib import Path
 
 import redis
 
-from subjects import GLOBAL_STREAM
+from bench.lib.subjects import GLOBAL_STREAM
+from support.servers import LOOPBACK, RedisServer, free_port
 
-
-def free_port() -> int:
-    """A loopback port the kernel says is free now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["PrivateRedis", "free_port"]
 
 
 class PrivateRedis:
-    """A redis-server of our own: loopback, free port, no persistence."""
+    """A redis-server of our own, started at once; ``client`` decodes responses."""
 
     def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server not found on PATH (make tools installs it)")
-        self.dir = Path(tempfile.mkdtemp(prefix="redis-logstream-bench-"))
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        for _ in range(5):  # the port can be taken between the probe and the bind
-            self.port = free_port()
-            self.proc = subprocess.Popen(
-                [
-                    binary,
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(self.dir),
-                    "--logfile",
-                    str(self.dir / "redis.log"),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            if self._wait_ready():
-                break
-            self._kill()
-        else:
-            raise RuntimeError(f"could not start redis-server (see {self.dir / 'redis.log'})")
-        self.client = redis.Redis(port=self.port, host="127.0.0.1", decode_responses=True)
+        self.server = RedisServer().start()
+        assert self.server.port is not None
+        self.port: int = self.server.port
+        self.client = redis.Redis(port=self.port, host=LOOPBACK, decode_responses=True)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.server.url
 
-    def _wait_ready(self) -> bool:
-        probe = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
-        deadline = time.monotonic() + 10
-        try:
-            while time.monotonic() < deadline:
-                if self.proc is None or self.proc.poll() is not None:
-                    return False
-                with contextlib.suppress(redis.RedisError):
-                    if probe.ping():
-                        return True
-                time.sleep(0.02)
-            return False
-        finally:
-            probe.close()
+    @property
+    def pid(self) -> int | None:
+        return self.server.pid
 
-    def _kill(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    def kill(self) -> None:
+        """SIGKILL the server: a crash."""
+        self.server.kill()
+
+    def start(self) -> None:
+        """Start the server again, empty, on the same port."""
+        self.server.start()
 
     def version(self) -> str:
         return str(self.client.info("server")["redis_version"])
@@ -118,5 +67,4 @@ class PrivateRedis:
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close()
-        self._kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.server.close()
