@@ -7,8 +7,8 @@ Run from the repository root::
                                             [--out bench/out]
 
 Two topologies in the same run, each of its own: one private ``redis-server``
-(bench/private_redis.py) and a private 6-node cluster, 3 primaries and 3
-replicas (tests/cluster_servers.py, as the tests start it).  The handler is
+(bench/lib/private_redis.py) and a private 6-node cluster, 3 primaries and 3
+replicas (tests/support/cluster_servers.py, as the tests start it).  The handler is
 given ``redis://`` or ``redis+cluster://`` and nothing else but a queue that
 never drops (``queue_size`` 100,000) and streams that are never trimmed.
 A third row, ``cluster+spub``, is the same cluster with ``sharded_pubsub=True``

@@ -11,7 +11,7 @@ then two consumers of one group, with a callback that does nothing
 next XREADGROUP, as the consumer does).  The issue's goal: at least 20,000
 records/s for one consumer on this machine.
 
-A private ``redis-server`` (bench/private_redis.py) is filled once with
+A private ``redis-server`` (bench/lib/private_redis.py) is filled once with
 ``--records`` records in one stream, ``stream:logs:bench.consumer``, by
 pipelined XADD (field ``data``) of the wire JSON built by the handler's own
 encoder (``redis_logstream.wire.Encoder``: message, level, levelno,

@@ -45,7 +45,7 @@ of the thresholds is missed, 2 when the benchmark itself could not run.
 
 This file is the entry point: it parses the arguments, runs the parts in
 order, and is also what the callgrind and idle children run (``--child``,
-``--idle-child``).  The parts live next to it: subjects.py (the handlers and
+``--idle-child``).  The parts live in bench/lib/: subjects.py (the handlers and
 the logging call), private_redis.py, instructions.py (A), timing.py (B, C, D),
 report.py (table, thresholds, chart), child_processes.py and
 callgrind_files.py (what the parent and its children share).

@@ -28,7 +28,7 @@ Why these measurements:
   Redis's for context, and the rest of the machine's (``/proc/stat``): on a
   shared two-core machine other work shows up in the latencies, so the run
   says how much there was, second by second.  The clients are asyncio tasks
-  on raw sockets in one process of their own (sse_load.py), so they cost
+  on raw sockets in one process of their own (lib/sse_load.py), so they cost
   the machine little and are not counted as the server's.
 - Redis connections the server holds during the steady state (``CLIENT
   LIST`` without the benchmark's own, by client name): with one follower per
@@ -47,8 +47,8 @@ persistence, started here and stopped by pid at the end; never a shared
 server.  The results go to ``<out>/viewers.json``.
 
 This file is the entry point: it runs the rounds and is also what the
-children run (``--clients-child``: sse_load.py; ``--logger-child``:
-viewer_site.py, which also starts the site and reads CPU and connections).
+children run (``--clients-child``: lib/sse_load.py; ``--logger-child``:
+lib/viewer_site.py, which also starts the site and reads CPU and connections).
 """
 
 from __future__ import annotations

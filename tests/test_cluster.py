@@ -1,7 +1,7 @@
 """Redis Cluster: the handler, tail and the stream view on a real 6-node cluster.
 
 The cluster (3 primaries, 3 replicas) is built once per session from real
-``redis-server --cluster-enabled yes`` processes (cluster_servers.py); the
+``redis-server --cluster-enabled yes`` processes (support/cluster_servers.py); the
 failover test builds one of its own, since it kills a node.
 """
 
