@@ -34,16 +34,29 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+# Run as a script, bench/ is sys.path[0]: add the repository (bench.lib) and tests/ (support).
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(2, str(Path(__file__).resolve().parents[1] / "tests"))
+
 import amqp
 
-from child_processes import child_env
+from bench.lib.child_processes import child_env
+from bench.lib.report import finish_run, guarded, machine, source_revision
+from bench.lib.subjects import (
+    CALL,
+    CONTEXT,
+    FORMAT,
+    MESSAGE,
+    QUEUE_SIZE,
+    Subject,
+    attached,
+    bench_logger,
+)
+from bench.lib.subjects import log_records as core_records
+from bench.lib.timing import median_ratio
 from redis_logstream import log_context
 from redis_logstream.amqp import DEFAULT_URL, AmqpLogHandler
 from redis_logstream.amqp.sink import connection_options
-from report import finish_run, guarded, machine, source_revision
-from subjects import CALL, CONTEXT, FORMAT, MESSAGE, QUEUE_SIZE, Subject, attached, bench_logger
-from subjects import log_records as core_records
-from timing import median_ratio
 
 MAX_EMIT_RATIO = 2.0
 NUMBER = re.compile(rb' in (\d+)\.00 ms"')

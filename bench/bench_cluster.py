@@ -7,8 +7,8 @@ Run from the repository root::
                                             [--out bench/out]
 
 Two topologies in the same run, each of its own: one private ``redis-server``
-(bench/private_redis.py) and a private 6-node cluster, 3 primaries and 3
-replicas (tests/cluster_servers.py, as the tests start it).  The handler is
+(bench/lib/private_redis.py) and a private 6-node cluster, 3 primaries and 3
+replicas (tests/support/cluster_servers.py, as the tests start it).  The handler is
 given ``redis://`` or ``redis+cluster://`` and nothing else but a queue that
 never drops (``queue_size`` 100,000) and streams that are never trimmed.
 A third row, ``cluster+spub``, is the same cluster with ``sharded_pubsub=True``
@@ -66,17 +66,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Run as a script, bench/ is sys.path[0]: add the repository (bench.lib) and tests/ (support).
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(2, str(Path(__file__).resolve().parents[1] / "tests"))
+
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from cluster_load import Child, Follower, child_main, percentiles, scan
-from private_redis import PrivateRedis
+from bench.lib.cluster_load import Child, Follower, child_main, percentiles, scan
+from bench.lib.private_redis import PrivateRedis
+from bench.lib.report import finish_run, guarded, machine, source_revision
 from redis_logstream.naming import Names
-from report import finish_run, guarded, machine, source_revision
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(1, str(ROOT / "tests"))  # the tests' cluster fixture, as a plain class
-from cluster_servers import RedisClusterServers  # noqa: E402
+from support.cluster_servers import RedisClusterServers
 
 MIN_CLUSTER_RATIO = 0.15
 MAX_CLUSTER_CPU_RATIO = 2.0

@@ -11,7 +11,7 @@ then two consumers of one group, with a callback that does nothing
 next XREADGROUP, as the consumer does).  The issue's goal: at least 20,000
 records/s for one consumer on this machine.
 
-A private ``redis-server`` (bench/private_redis.py) is filled once with
+A private ``redis-server`` (bench/lib/private_redis.py) is filled once with
 ``--records`` records in one stream, ``stream:logs:bench.consumer``, by
 pipelined XADD (field ``data``) of the wire JSON built by the handler's own
 encoder (``redis_logstream.shipping.wire.Encoder``: message, level, levelno,
@@ -60,14 +60,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Run as a script, bench/ is sys.path[0]: add the repository (bench.lib) and tests/ (support).
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(2, str(Path(__file__).resolve().parents[1] / "tests"))
+
 import redis
 
-from child_processes import child_env
-from private_redis import PrivateRedis
+from bench.lib.child_processes import child_env
+from bench.lib.private_redis import PrivateRedis
+from bench.lib.report import finish_run, guarded, machine, source_revision
 from redis_logstream.consumers.consumer import Consumer, consumer_client
 from redis_logstream.naming import Names
 from redis_logstream.shipping.wire import Encoder
-from report import finish_run, guarded, machine, source_revision
 
 CONTEXT = "bench.consumer"
 MIN_RECORDS_PER_S = 20_000

@@ -45,7 +45,7 @@ of the thresholds is missed, 2 when the benchmark itself could not run.
 
 This file is the entry point: it parses the arguments, runs the parts in
 order, and is also what the callgrind and idle children run (``--child``,
-``--idle-child``).  The parts live next to it: subjects.py (the handlers and
+``--idle-child``).  The parts live in bench/lib/: subjects.py (the handlers and
 the logging call), private_redis.py, instructions.py (A), timing.py (B, C, D),
 report.py (table, thresholds, chart), child_processes.py and
 callgrind_files.py (what the parent and its children share).
@@ -63,11 +63,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Run as a script, bench/ is sys.path[0]: add the repository (bench.lib) and tests/ (support).
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(2, str(Path(__file__).resolve().parents[1] / "tests"))
+
 import redis
 
-from instructions import child_main, measure_instructions, source_fingerprint
-from private_redis import PrivateRedis
-from report import (
+from bench.lib.instructions import child_main, measure_instructions, source_fingerprint
+from bench.lib.private_redis import PrivateRedis
+from bench.lib.report import (
     DOCS_CHART,
     check_thresholds,
     draw_chart,
@@ -76,8 +80,8 @@ from report import (
     render_table,
     source_revision,
 )
-from subjects import CALL, CONTEXT, FORMAT, HANDLERS, QUEUE_SIZE, STREAM_MAXLEN, Subject
-from timing import idle_child_main, measure_burst, measure_idle, measure_wall_clock
+from bench.lib.subjects import CALL, CONTEXT, FORMAT, HANDLERS, QUEUE_SIZE, STREAM_MAXLEN, Subject
+from bench.lib.timing import idle_child_main, measure_burst, measure_idle, measure_wall_clock
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -142,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         results["machine"]["redis_server"] = server.version()
         print(
             f"redis-server {results['machine']['redis_server']} on port {server.port} "
-            f"(pid {server.proc.pid if server.proc else '?'})",
+            f"(pid {server.pid or '?'})",
             flush=True,
         )
 

@@ -28,7 +28,7 @@ Why these measurements:
   Redis's for context, and the rest of the machine's (``/proc/stat``): on a
   shared two-core machine other work shows up in the latencies, so the run
   says how much there was, second by second.  The clients are asyncio tasks
-  on raw sockets in one process of their own (sse_load.py), so they cost
+  on raw sockets in one process of their own (lib/sse_load.py), so they cost
   the machine little and are not counted as the server's.
 - Redis connections the server holds during the steady state (``CLIENT
   LIST`` without the benchmark's own, by client name): with one follower per
@@ -47,8 +47,8 @@ persistence, started here and stopped by pid at the end; never a shared
 server.  The results go to ``<out>/viewers.json``.
 
 This file is the entry point: it runs the rounds and is also what the
-children run (``--clients-child``: sse_load.py; ``--logger-child``:
-viewer_site.py, which also starts the site and reads CPU and connections).
+children run (``--clients-child``: lib/sse_load.py; ``--logger-child``:
+lib/viewer_site.py, which also starts the site and reads CPU and connections).
 """
 
 from __future__ import annotations
@@ -67,12 +67,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+# Run as a script, bench/ is sys.path[0]: add the repository (bench.lib) and tests/ (support).
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(2, str(Path(__file__).resolve().parents[1] / "tests"))
+
 import redis
 
-from private_redis import PrivateRedis
-from redis_logstream.console.hubs import BACKLOG_CONNECTIONS
-from sse_load import clients_main
-from viewer_site import (
+from bench.lib.private_redis import PrivateRedis
+from bench.lib.sse_load import clients_main
+from bench.lib.viewer_site import (
     LOOPBACK,
     MONITOR_NAME,
     ROOT,
@@ -84,6 +87,7 @@ from viewer_site import (
     redis_connections,
     threads_and_memory,
 )
+from redis_logstream.console.hubs import BACKLOG_CONNECTIONS
 
 MAX_P99_MS = 250.0
 #: Seconds the viewers may take, after the last record is in Redis, to get it.

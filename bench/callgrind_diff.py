@@ -28,7 +28,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from callgrind_files import records_of, thread_files
+# Run as a script, bench/ is sys.path[0]: add the repository (bench.lib) and tests/ (support).
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(2, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from bench.lib.callgrind_files import records_of, thread_files
 
 _LINE = re.compile(r"\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*)")
 _BUILD_PREFIX = re.compile(r"/tmp/python-build[^ ]*?/Python-[\d.]+/")

@@ -25,13 +25,13 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from helpers import Handlers
-from servers import RedisServer, SilentServer, no_retry
+from support.helpers import Handlers
+from support.servers import RedisServer, SilentServer, no_retry
 
 # The Redis Cluster fixtures (redis_cluster, cluster, own_cluster), the
 # Sentinel one (sentinel_servers) and the RabbitMQ ones (rabbit_url,
 # rabbit_server, ...) live with the servers they start.
-pytest_plugins = ["cluster_servers", "sentinel_servers", "rabbit_servers"]
+pytest_plugins = ["support.cluster_servers", "support.sentinel_servers", "support.rabbit_servers"]
 
 _session_server: RedisServer | None = None
 

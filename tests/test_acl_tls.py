@@ -31,13 +31,12 @@ from redis_logstream.console import hubs
 from redis_logstream.console.fanout import follower_client
 from redis_logstream.console.tokens import make_stream_token
 from redis_logstream.reading.reader import StreamReader, client_for_url
-from secure_servers import Certificates, SecureRedisServer, User, make_certificates
-from streamlog import REPO, Writer
-
-from helpers import Handlers, entries, wait_for
-from servers import no_retry
-from sse_client import SSEClient, parse_events
-from web_servers import WebServer
+from support.helpers import Handlers, entries, wait_for
+from support.secure_servers import Certificates, SecureRedisServer, User, make_certificates
+from support.servers import no_retry
+from support.sse_client import SSEClient, parse_events
+from support.streamlog import REPO, Writer
+from support.web_servers import WebServer
 
 WRITER = "resetchannels ~stream:logs:* &logs:* +evalsha +eval +publish +xadd +xtrim +expire"
 READER = "resetchannels %R~stream:logs:* +xrevrange +xrange +xread +xlen +time +client|setname"

@@ -24,8 +24,7 @@ from redis_logstream import log_context
 from redis_logstream.amqp import AmqpLogHandler, binding_key
 from redis_logstream.amqp import sink as amqp_sink
 from redis_logstream.amqp.routing import MAX_KEY_BYTES
-
-from helpers import fresh_logger
+from support.helpers import fresh_logger
 
 
 class Broker:

@@ -28,8 +28,7 @@ from redis_logstream.amqp.consumer import (
     queue_name,
 )
 from redis_logstream.consumers import Drop, HaltConsumer, LogEntry, Nack
-
-from helpers import fresh_logger, wait_for
+from support.helpers import fresh_logger, wait_for
 
 TESTS = Path(__file__).resolve().parent
 
@@ -170,7 +169,7 @@ def test_a_consumer_killed_with_records_in_hand_leaves_them_to_another(
             "--batch",
             "20",
             "--callback",
-            "consume_callbacks:slowly",
+            "support.consume_callbacks:slowly",
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -295,7 +294,11 @@ def test_a_poison_message_is_dead_lettered_after_max_deliveries_and_the_group_go
     def start() -> CliConsumer:
         seen.append(
             CliConsumer(
-                tmp_path, rabbit_url, exchange, "--callback", "consume_callbacks:crash_on_boom"
+                tmp_path,
+                rabbit_url,
+                exchange,
+                "--callback",
+                "support.consume_callbacks:crash_on_boom",
             )
         )
         return seen[-1]
@@ -354,7 +357,7 @@ def test_a_consumer_killed_on_the_poison_message_counts_that_delivery(
                 "--max-deliveries",
                 "3",
                 "--callback",
-                "consume_callbacks:hang_on_boom",
+                "support.consume_callbacks:hang_on_boom",
             )
         )
         return seen[-1]

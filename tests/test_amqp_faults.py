@@ -16,9 +16,8 @@ import time
 import amqp
 
 from redis_logstream.amqp import AmqpLogHandler
-
-from helpers import fresh_logger
-from rabbit_servers import RabbitServer
+from support.helpers import fresh_logger
+from support.rabbit_servers import RabbitServer
 
 EXCHANGE = "logs"
 QUEUE = "everything"

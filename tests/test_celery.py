@@ -40,10 +40,9 @@ from redis_logstream.celery import (
     uninstall,
 )
 from redis_logstream.context import validate_context
+from support.helpers import entries, wait_for
+from support.servers import RedisServer
 from testproject.tasks import export_report
-
-from helpers import entries, wait_for
-from servers import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 # Celery reads these itself and lets them win over any app's own settings:

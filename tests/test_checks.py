@@ -12,7 +12,7 @@ from django.core.checks import run_checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
-from quickstart_site import ROOT, code_blocks, manage, new_site
+from support.quickstart_site import ROOT, code_blocks, manage, new_site
 
 
 def ids(settings) -> list[str]:

@@ -20,10 +20,9 @@ from redis_logstream.naming import Names
 from redis_logstream.reading import reader
 from redis_logstream.reading.reader import StreamReader
 from redis_logstream.redis.topology import SCHEMES
-from streamlog import REPO, CountingClient, Writer, fill
-
-from helpers import wait_for
-from servers import free_port
+from support.helpers import wait_for
+from support.servers import free_port
+from support.streamlog import REPO, CountingClient, Writer, fill
 
 ALICE = "User.alice"
 

@@ -1,7 +1,7 @@
 """Redis Cluster: the handler, tail and the stream view on a real 6-node cluster.
 
 The cluster (3 primaries, 3 replicas) is built once per session from real
-``redis-server --cluster-enabled yes`` processes (cluster_servers.py); the
+``redis-server --cluster-enabled yes`` processes (support/cluster_servers.py); the
 failover test builds one of its own, since it kills a node.
 """
 
@@ -22,10 +22,9 @@ from redis_logstream.console import hubs
 from redis_logstream.naming import Names
 from redis_logstream.reading.live import listen
 from redis_logstream.redis import sink as sink_module
-
-from cluster_servers import RedisClusterServers
-from helpers import fresh_logger, messages, wait_for
-from sse_client import parse_events
+from support.cluster_servers import RedisClusterServers
+from support.helpers import fresh_logger, messages, wait_for
+from support.sse_client import parse_events
 
 CONTEXTS = [f"User.u{i}" for i in range(12)]
 

@@ -15,8 +15,7 @@ from django_redis import get_redis_connection
 
 from redis_logstream import RedisLogHandler
 from redis_logstream.redis.connection import ConfigurationError
-
-from helpers import Handlers, fresh_logger, messages
+from support.helpers import Handlers, fresh_logger, messages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,8 +153,7 @@ def test_a_client_without_a_connection_pool_is_refused_at_configuration() -> Non
 def test_a_unix_socket_url_works_for_the_handler_and_the_reader(handlers: Handlers) -> None:
     """TCP keepalive does not exist on a Unix socket: redis-py refuses the option there."""
     from redis_logstream.reading.reader import StreamReader, client_for_url
-
-    from servers import RedisServer
+    from support.servers import RedisServer
 
     server = RedisServer()
     socket_path = server.dir / "redis.sock"

@@ -21,10 +21,9 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from redis_logstream.console.tokens import make_stream_token
 from redis_logstream.naming import Names
-from tcp_proxy import TcpProxy
-
-from servers import RedisServer, no_retry
-from web_servers import WebServer
+from support.servers import RedisServer, no_retry
+from support.tcp_proxy import TcpProxy
+from support.web_servers import WebServer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -18,8 +18,7 @@ import pytest
 from redis_logstream import consume, log_context
 from redis_logstream.consumers import Drop, Forward, LogEntry, Nack
 from redis_logstream.consumers.consumer import Consumer, consumer_client
-
-from helpers import fresh_logger, wait_for
+from support.helpers import fresh_logger, wait_for
 
 
 @pytest.fixture

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from redis_logstream import log_context
-from streamlog import manage
-
-from helpers import fresh_logger, wait_for
+from support.helpers import fresh_logger, wait_for
+from support.streamlog import manage
 
 TESTS = Path(__file__).resolve().parent
 CONSUME = [sys.executable, "-m", "redis_logstream.cli", "consume"]
@@ -43,7 +42,7 @@ def log(handlers, redis_url, context):
 
 
 def python_path() -> str:
-    """The tests' directory first, so that ``consume_callbacks`` imports."""
+    """The tests' directory first, so that ``support.consume_callbacks`` imports."""
     return os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
 
 
@@ -100,7 +99,7 @@ def test_sigterm_finishes_the_record_in_hand_and_exits_0_with_nothing_lost(
         "--consumer",
         "c1",
         "--callback",
-        "consume_callbacks:slowly",
+        "support.consume_callbacks:slowly",
         "--batch",
         "50",
     )
@@ -134,7 +133,7 @@ def test_a_consumer_killed_mid_batch_leaves_its_records_to_another(
         "--consumer",
         "doomed",
         "--callback",
-        "consume_callbacks:slowly",
+        "support.consume_callbacks:slowly",
         "--batch",
         "50",
     )
@@ -154,7 +153,7 @@ def test_a_consumer_killed_mid_batch_leaves_its_records_to_another(
         "--consumer",
         "heir",
         "--callback",
-        "consume_callbacks:record",
+        "support.consume_callbacks:record",
         "--claim-after",
         "0.5",
     )
@@ -173,7 +172,13 @@ def test_halt_consumer_sets_the_exit_status(
     tmp_path, redis_url, redis_client, log, context, stop, status
 ):
     proc = ConsumerProcess(
-        tmp_path, redis_url, context, "--group", "g", "--callback", "consume_callbacks:halt_on_stop"
+        tmp_path,
+        redis_url,
+        context,
+        "--group",
+        "g",
+        "--callback",
+        "support.consume_callbacks:halt_on_stop",
     )
     wait_for_group(redis_client, context, "g")
     log("one", stop, "never")
@@ -197,7 +202,7 @@ def test_an_unexpected_exception_exits_1_with_the_record_pending(
         "--group",
         "g",
         "--callback",
-        "consume_callbacks:crash_on_boom",
+        "support.consume_callbacks:crash_on_boom",
     )
     wait_for_group(redis_client, context, "g")
     log("fine", "boom")
@@ -215,7 +220,8 @@ def test_a_toml_file_configures_the_consumer_and_its_class_callback(
     out = tmp_path / "recorded.txt"
     config = tmp_path / "alerts.toml"
     config.write_text(
-        f'callback = "consume_callbacks:Recorder"\ngroup = "alerts"\ncontexts = ["{context}"]\n'
+        f'callback = "support.consume_callbacks:Recorder"\ngroup = "alerts"\n'
+        f'contexts = ["{context}"]\n'
         f'level = "WARNING"\n\n[consumer_config]\npath = "{out}"\nprefix = "#"\n'
     )
     proc = ConsumerProcess(tmp_path, redis_url, "--config", str(config))
@@ -230,19 +236,23 @@ def test_a_toml_file_configures_the_consumer_and_its_class_callback(
 @pytest.mark.parametrize(
     ("args", "config", "message"),
     [
-        (["job_1", "--callback", "consume_callbacks:record"], None, "give --group"),
+        (["job_1", "--callback", "support.consume_callbacks:record"], None, "give --group"),
         (
-            ["--group", "g", "--callback", "consume_callbacks:record"],
+            ["--group", "g", "--callback", "support.consume_callbacks:record"],
             None,
             "give a CONTEXT to read, --global, or both",
         ),
         (
-            ["job_1", "--group", "g", "--callback", "consume_callbacks"],
+            ["job_1", "--group", "g", "--callback", "support.consume_callbacks"],
             None,
             "give it as package.module:name",
         ),
         (["job_1", "--group", "g", "--callback", "no_such_module:f"], None, "cannot import"),
-        (["job_1", "--group", "g", "--callback", "consume_callbacks:nope"], None, "has no nope"),
+        (
+            ["job_1", "--group", "g", "--callback", "support.consume_callbacks:nope"],
+            None,
+            "has no nope",
+        ),
         (["--config"], 'grup = "g"\n', "unknown setting 'grup'"),
         (["--config"], "batch = true\n", "batch has the wrong type"),
         (["--config"], 'max_deliveries = "5"\n', "max_deliveries has the wrong type"),
@@ -252,7 +262,7 @@ def test_a_toml_file_configures_the_consumer_and_its_class_callback(
                 "--group",
                 "g",
                 "--callback",
-                "consume_callbacks:record",
+                "support.consume_callbacks:record",
                 "--max-deliveries",
                 "3",
                 "--max-retries",
@@ -267,7 +277,7 @@ def test_a_toml_file_configures_the_consumer_and_its_class_callback(
                 "--group",
                 "g",
                 "--callback",
-                "consume_callbacks:record",
+                "support.consume_callbacks:record",
                 "--max-deliveries",
                 "0",
             ],
@@ -321,7 +331,7 @@ def test_manage_py_consume_logs_reads_the_sites_redis(
         "--group",
         "site",
         "--callback",
-        "consume_callbacks:halt_on_stop",
+        "support.consume_callbacks:halt_on_stop",
         redis_url=redis_url,
     )
     wait_for_group(redis_client, context, "site")
@@ -403,7 +413,7 @@ def test_a_poison_record_is_dead_lettered_after_max_deliveries_and_the_group_goe
         "host-alerts",
         "--from-start",
         "--callback",
-        "consume_callbacks:crash_on_boom",
+        "support.consume_callbacks:crash_on_boom",
     )
     seen: list[ConsumerProcess] = []
 
@@ -458,7 +468,7 @@ def test_a_consumer_killed_on_the_poison_record_counts_that_delivery(
     handed = tmp_path / "handed.txt"
     config = tmp_path / "kills.toml"
     config.write_text(
-        f'callback = "consume_callbacks:hang_on_boom"\ngroup = "{group}"\n'
+        f'callback = "support.consume_callbacks:hang_on_boom"\ngroup = "{group}"\n'
         f'contexts = ["{context}"]\nfrom_start = true\nmax_deliveries = 3\n'
     )
     seen: list[ConsumerProcess] = []

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from redis_logstream.shipping.wire import Encoder
-
-from quickstart_site import ROOT
+from support.quickstart_site import ROOT
 
 DOCS = ROOT / "docs"
 _LINK = re.compile(r"\[(?P<text>[^\]]+)\]\((?P<target>[^)\s]+)\)")

@@ -24,10 +24,9 @@ import pytest
 import redis
 
 from redis_logstream import RedisLogHandler
+from support.helpers import Handlers, entries, fresh_logger, messages, wait_for
+from support.servers import RedisServer, SilentServer
 from test_lifecycle import run_script
-
-from helpers import Handlers, entries, fresh_logger, messages, wait_for
-from servers import RedisServer, SilentServer
 
 GLOBAL = "stream:logs:global"
 
@@ -272,7 +271,7 @@ TESTS = Path(__file__).resolve().parent
 ABANDON = """
 import logging, sys
 sys.path.insert(0, {tests!r})
-from helpers import Handlers, fresh_logger
+from support.helpers import Handlers, fresh_logger
 made = Handlers()
 log = fresh_logger(made(url={url!r}, shutdown_timeout=0.2))
 for i in range(3):

@@ -39,8 +39,7 @@ from hypothesis import strategies as st
 from redis_logstream import RedisLogHandler, log_context, reset_log_context, set_log_context
 from redis_logstream.context import user_id_context
 from redis_logstream.shipping.wire import MAX_NAME_BYTES
-
-from helpers import Handlers
+from support.helpers import Handlers
 
 settings.register_profile(
     "fuzz-ci",

@@ -13,8 +13,7 @@ from pathlib import Path
 import redis
 
 from redis_logstream import RedisLogHandler
-
-from helpers import entries, fresh_logger, messages, wait_for
+from support.helpers import entries, fresh_logger, messages, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 GLOBAL = "stream:logs:global"

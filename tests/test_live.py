@@ -15,8 +15,7 @@ from redis_logstream.cli.tail import TailRequest, tail
 from redis_logstream.naming import Names
 from redis_logstream.reading.live import listen
 from redis_logstream.reading.reader import StreamReader
-
-from helpers import fresh_logger, wait_for
+from support.helpers import fresh_logger, wait_for
 
 
 class Listener(threading.Thread):

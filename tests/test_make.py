@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streamlog import REPO
+from support.streamlog import REPO
 
 
 @pytest.mark.parametrize("target", ["demo", "install"])

@@ -13,15 +13,14 @@ from django.test import AsyncClient, Client
 
 from redis_logstream import RedisLogHandler, get_log_context
 from redis_logstream.middleware import LogContextMiddleware
-
-from helpers import messages
+from support.helpers import messages
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
 def _urls(settings) -> None:
-    settings.ROOT_URLCONF = "middleware_urls"
+    settings.ROOT_URLCONF = "support.middleware_urls"
 
 
 @pytest.fixture

@@ -36,11 +36,10 @@ from celery.result import AsyncResult
 
 from redis_logstream import job_id_factory, log_context
 from redis_logstream.celery import task_context
+from support.helpers import entries, wait_for
+from support.servers import RedisServer
+from support.web_servers import WebServer
 from testproject.tasks import export_report
-
-from helpers import entries, wait_for
-from servers import RedisServer
-from web_servers import WebServer
 
 ROOT = Path(__file__).resolve().parent.parent
 GLOBAL = "stream:logs:global"

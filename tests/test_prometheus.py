@@ -11,8 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import REGISTRY
 
 from redis_logstream.prometheus import LogstreamCollector, register
-
-from helpers import fresh_logger
+from support.helpers import fresh_logger
 
 
 def scrape(*handlers) -> dict[str, float]:

@@ -18,9 +18,8 @@ from redis_logstream.cli.erase import erase_entries
 from redis_logstream.cli.purge import all_streams, glob_escape
 from redis_logstream.management.commands.purge_log_context import Command
 from redis_logstream.naming import Names
-from streamlog import Writer
-
-from servers import free_port
+from support.servers import free_port
+from support.streamlog import Writer
 
 ALICE, BOB = "User.alice", "User.bob"
 

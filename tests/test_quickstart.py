@@ -23,9 +23,9 @@ from urllib.request import HTTPCookieProcessor, build_opener
 
 import pytest
 
-from quickstart_site import QUICKSTART, ROOT, code_blocks, manage, new_site, site_env
-from servers import LOOPBACK, free_port
-from sse_client import SSEClient
+from support.quickstart_site import QUICKSTART, ROOT, code_blocks, manage, new_site, site_env
+from support.servers import LOOPBACK, free_port
+from support.sse_client import SSEClient
 
 PASSWORD = "quick-start-1"
 

@@ -25,10 +25,9 @@ from redis_logstream.reading.reader import (
     parse_level,
     parse_since,
 )
-from streamlog import CountingClient, Writer, fill
-
-from helpers import wait_for
-from servers import RedisServer
+from support.helpers import wait_for
+from support.servers import RedisServer
+from support.streamlog import CountingClient, Writer, fill
 
 ALICE = "User.alice"
 

@@ -11,8 +11,7 @@ import pytest
 import redis
 
 from redis_logstream import log_context, user_id_context
-
-from helpers import Handlers, entries, fresh_logger, messages, wait_for
+from support.helpers import Handlers, entries, fresh_logger, messages, wait_for
 
 GLOBAL = "stream:logs:global"
 

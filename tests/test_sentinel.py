@@ -17,9 +17,8 @@ from django.test import override_settings
 
 from redis_logstream import log_context
 from redis_logstream.cli import main as cli_main
-
-from helpers import fresh_logger, messages
-from sentinel_servers import SentinelServers
+from support.helpers import fresh_logger, messages
+from support.sentinel_servers import SentinelServers
 
 SERVICE = "logstream"
 

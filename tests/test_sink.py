@@ -15,9 +15,8 @@ from redis_logstream import RedisLogHandler, log_context
 from redis_logstream.naming import Names
 from redis_logstream.redis.sink import SCRIPTS, RedisSink
 from redis_logstream.shipping.shipper import WriteError
-
-from helpers import fresh_logger, messages
-from servers import RedisServer
+from support.helpers import fresh_logger, messages
+from support.servers import RedisServer
 
 
 def make_sink(client: Any, **kw: Any) -> RedisSink:

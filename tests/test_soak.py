@@ -13,9 +13,8 @@ with ``FIGURE`` (run with ``-s`` to see them) for docs/guarantees.md.
 
 from __future__ import annotations
 
-from bench.soak import HEADER, Sample, Soak, SoakConfig, check, figures, row
-
-from servers import RedisServer
+from bench.lib.soak import HEADER, Sample, Soak, SoakConfig, check, figures, row
+from support.servers import RedisServer
 
 GLOBAL = "stream:logs:global"
 #: One minute: ten seconds of warm-up, the crash at thirty, three seconds down.

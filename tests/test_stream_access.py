@@ -17,8 +17,7 @@ from django.test import Client
 from redis_logstream.console import hubs, tokens
 from redis_logstream.console.tokens import make_stream_token, read_stream_token
 from redis_logstream.naming import Names
-
-from sse_client import parse_events
+from support.sse_client import parse_events
 
 pytestmark = pytest.mark.django_db
 

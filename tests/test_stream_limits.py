@@ -20,9 +20,8 @@ from redis_logstream.console.access import USER_STREAMS
 from redis_logstream.console.fanout import Subscription
 from redis_logstream.console.tokens import make_stream_token
 from redis_logstream.naming import Names
-
-from helpers import wait_for
-from sse_client import Event, parse_events
+from support.helpers import wait_for
+from support.sse_client import Event, parse_events
 
 pytestmark = pytest.mark.django_db
 

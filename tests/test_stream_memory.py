@@ -1,7 +1,8 @@
 """A viewer that stops reading must not hold the server's memory.
 
 A real uvicorn, and a gunicorn with threaded workers, serve the test site
-with a 2 s write timeout (tests/stalled_settings.py); a client opens a stream over a raw socket with
+with a 2 s write timeout (tests/support/stalled_settings.py); a client opens a
+stream over a raw socket with
 a small receive buffer and never reads; large records are then written to
 the stream. The server's resident memory (VmRSS of the process serving the site)
 must grow by less than 64 MiB, and the stuck response must be ended: once
@@ -24,11 +25,10 @@ import redis
 
 from redis_logstream.console.tokens import make_stream_token
 from redis_logstream.naming import Names
-
-from helpers import wait_for
-from servers import LOOPBACK, RedisServer, no_retry
-from sse_client import SSEClient
-from web_servers import WebServer
+from support.helpers import wait_for
+from support.servers import LOOPBACK, RedisServer, no_retry
+from support.sse_client import SSEClient
+from support.web_servers import WebServer
 
 MiB = 1024 * 1024
 RECORD_BYTES = 60 * 1024
@@ -38,7 +38,7 @@ TRICKLE = 150  # 9 MiB, more than the socket buffers take (4 MiB here)
 
 @pytest.fixture(params=["uvicorn", "gunicorn"])
 def server(request, redis_server: RedisServer) -> Iterator[WebServer]:
-    web = WebServer(request.param, redis_server.url, settings="stalled_settings")
+    web = WebServer(request.param, redis_server.url, settings="support.stalled_settings")
     yield web
     web.stop()
 

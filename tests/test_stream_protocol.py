@@ -21,10 +21,9 @@ from redis_logstream.console.sse import log_event
 from redis_logstream.console.tokens import make_stream_token
 from redis_logstream.naming import Names
 from redis_logstream.reading.entries import decode_entry
-
-from helpers import wait_for
-from servers import RedisServer
-from sse_client import Event, parse_events
+from support.helpers import wait_for
+from support.servers import RedisServer
+from support.sse_client import Event, parse_events
 
 pytestmark = pytest.mark.django_db  # closing a response closes old DB connections
 

@@ -19,11 +19,10 @@ from httpx_sse import connect_sse
 
 from redis_logstream import log_context
 from redis_logstream.console.tokens import make_stream_token
-from tcp_proxy import TcpProxy
-
-from helpers import fresh_logger
-from servers import RedisServer
-from web_servers import KINDS, WebServer
+from support.helpers import fresh_logger
+from support.servers import RedisServer
+from support.tcp_proxy import TcpProxy
+from support.web_servers import KINDS, WebServer
 
 MAX_AGE = 4.0  # stream_settings.STREAM_MAX_AGE: an idle response ends then
 

@@ -20,11 +20,10 @@ import redis
 
 from redis_logstream.console.tokens import make_stream_token
 from redis_logstream.naming import Names
-
-from helpers import wait_for
-from servers import RedisServer, no_retry
-from sse_client import SSEClient
-from web_servers import KINDS, WebServer
+from support.helpers import wait_for
+from support.servers import RedisServer, no_retry
+from support.sse_client import SSEClient
+from support.web_servers import KINDS, WebServer
 
 MAX_AGE = 4.0  # stream_settings.STREAM_MAX_AGE
 

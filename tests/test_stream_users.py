@@ -16,9 +16,9 @@ import django
 import httpx
 import pytest
 
-from servers import RedisServer
-from sse_client import SSEClient
-from web_servers import KINDS, WebServer
+from support.servers import RedisServer
+from support.sse_client import SSEClient
+from support.web_servers import KINDS, WebServer
 
 LIMIT = 8  # the default STREAM_USER_LIMIT
 MAX_AGE = 4.0  # stream_settings.STREAM_MAX_AGE

@@ -32,10 +32,9 @@ from redis_logstream.management.commands.tail_logs import Command
 from redis_logstream.naming import Names
 from redis_logstream.reading.reader import StreamReader, client_for_url, decode_entry
 from redis_logstream.reading.render import INDENT, Renderer, safe
-from streamlog import Writer, manage
-
-from helpers import wait_for
-from servers import free_port
+from support.helpers import wait_for
+from support.servers import free_port
+from support.streamlog import Writer, manage
 
 ALICE = "User.alice"
 LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} (\S+) +(\S+) (\S+): (.*)$")

@@ -8,9 +8,8 @@ import pytest
 import redis
 
 from redis_logstream import RedisLogHandler
+from support.helpers import messages, wait_for
 from testproject import jobs
-
-from helpers import messages, wait_for
 
 pytestmark = pytest.mark.django_db
 

@@ -18,9 +18,8 @@ from redis_logstream.console.access import grant_for
 from redis_logstream.context import INTERNAL, user_id_context
 from redis_logstream.middleware import request_context
 from redis_logstream.naming import Names
-
-from servers import free_port
-from sse_client import parse_events
+from support.servers import free_port
+from support.sse_client import parse_events
 
 pytestmark = pytest.mark.django_db
 

@@ -30,7 +30,7 @@ from typing import Any
 from redis_logstream import RedisLogHandler, log_context
 
 #: What the children run (with ``--child``).
-ENTRY_POINT = Path(__file__).resolve().with_name("bench_cluster.py")
+ENTRY_POINT = Path(__file__).resolve().parents[1] / "bench_cluster.py"
 QUEUE_SIZE = 100_000
 STREAM_MAXLEN = 10_000_000
 #: Entries per XREAD / XRANGE call.

@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 import amqp
 import pytest
 
-from rabbit_processes import (
+from support.rabbit_processes import (
     _PREFIX,
     _TAG,
     RabbitServerError,
@@ -44,7 +44,7 @@ from rabbit_processes import (
     _server_script,
     _tagged,
 )
-from servers import LOOPBACK, free_port
+from support.servers import LOOPBACK, free_port
 
 __all__ = [
     "SHARED_RABBIT_URL",

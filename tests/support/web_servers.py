@@ -11,7 +11,7 @@ production sites run: sync workers forked from a master that built the app,
 Django's LOGGING and so the log handler, before the fork (``--preload``).
 Its ``workers`` and any ``extra_args`` (``-c hooks.py``) come from the caller.
 The whole process group is stopped by pid. ``settings`` names another
-settings module (tests/stalled_settings.py: the console's limits made short).
+settings module (tests/support/stalled_settings.py: the console's limits made short).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from servers import LOOPBACK, free_port
+from support.servers import LOOPBACK, free_port
 
 __all__ = ["KINDS", "PREFORK_KINDS", "WebServer"]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 KINDS = ("runserver", "gunicorn", "uvicorn")
 #: Servers that fork workers from a master that loaded the site first.
@@ -102,7 +102,7 @@ class WebServer:
         *,
         workers: int = 3,
         extra_args: Sequence[str] = (),
-        settings: str = "stream_settings",
+        settings: str = "support.stream_settings",
     ) -> None:
         """Start ``kind``; ``workers`` and ``extra_args`` serve the prefork kinds."""
         self.kind = kind

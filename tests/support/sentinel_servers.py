@@ -22,8 +22,8 @@ import pytest
 import redis
 from redis.sentinel import Sentinel
 
-from cluster_servers import _FAST_SYNC, TopologyError, _ask, _conn, _logs, _Topology, _wait
-from servers import LOOPBACK, RedisServer, no_retry
+from support.cluster_servers import _FAST_SYNC, TopologyError, _ask, _conn, _logs, _Topology, _wait
+from support.servers import LOOPBACK, RedisServer, no_retry
 
 __all__ = ["SentinelServer", "SentinelServers"]
 

@@ -31,7 +31,7 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
-from servers import LOOPBACK, RedisServer, RedisServerError, free_port, no_retry
+from support.servers import LOOPBACK, RedisServer, RedisServerError, free_port, no_retry
 
 __all__ = ["ClusterNodeServer", "RedisClusterServers", "TopologyError"]
 

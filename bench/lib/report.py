@@ -18,11 +18,11 @@ from typing import Any
 
 import redis
 
-from instructions import source_fingerprint
-from subjects import HANDLERS, LABELS
-from timing import IDLE_SECONDS
+from bench.lib.instructions import source_fingerprint
+from bench.lib.subjects import HANDLERS, LABELS
+from bench.lib.timing import IDLE_SECONDS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: Where a full run publishes its chart (a --quick run keeps it in <out>).
 DOCS_CHART = ROOT / "docs" / "benchmark.png"
 

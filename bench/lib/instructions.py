@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import redis_logstream
-from callgrind_files import CHILD_RESULT, OUT_FILE, thread_totals
-from child_processes import child_command, child_env
-from private_redis import PrivateRedis
-from redis_logstream import log_context
-from subjects import (
+from bench.lib.callgrind_files import CHILD_RESULT, OUT_FILE, thread_totals
+from bench.lib.child_processes import child_command, child_env
+from bench.lib.private_redis import PrivateRedis
+from bench.lib.subjects import (
     CONTEXT,
     HANDLERS,
     LABELS,
@@ -38,6 +37,7 @@ from subjects import (
     bench_logger,
     log_records,
 )
+from redis_logstream import log_context
 
 #: Under callgrind everything runs some 50 times slower: a generous limit.
 CHILD_TIMEOUT = 3600.0

@@ -20,10 +20,9 @@ import subprocess
 import time
 from typing import Any
 
-from child_processes import child_command, child_env
-from private_redis import PrivateRedis
-from redis_logstream import log_context
-from subjects import (
+from bench.lib.child_processes import child_command, child_env
+from bench.lib.private_redis import PrivateRedis
+from bench.lib.subjects import (
     CONTEXT,
     FLUSH_TIMEOUT,
     HANDLERS,
@@ -33,6 +32,7 @@ from subjects import (
     bench_logger,
     log_records,
 )
+from redis_logstream import log_context
 
 IDLE_SECONDS = 3.0
 

@@ -14,7 +14,7 @@ import selectors
 import socket
 import threading
 
-from servers import LOOPBACK
+from support.servers import LOOPBACK
 
 __all__ = ["TcpProxy"]
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 #: The benchmark's entry point, which dispatches the child modes.
-ENTRY_POINT = Path(__file__).resolve().with_name("bench_handler.py")
+ENTRY_POINT = Path(__file__).resolve().parents[1] / "bench_handler.py"
 
 
 def child_command(*args: str) -> list[str]:

@@ -6,8 +6,8 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from cluster_servers import RedisClusterServers
-    from sentinel_servers import SentinelServers
+    from support.cluster_servers import RedisClusterServers
+    from support.sentinel_servers import SentinelServers
 
 # The fixtures come from cluster_servers and sentinel_servers, plugins registered
 # by conftest.py.

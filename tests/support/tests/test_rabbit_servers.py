@@ -11,7 +11,7 @@ from pathlib import Path
 import amqp
 import pytest
 
-from rabbit_servers import (
+from support.rabbit_servers import (
     SHARED_RABBIT_URL,
     AmqpCleanup,
     RabbitServer,

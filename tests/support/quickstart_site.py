@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "docs" / "quickstart.md"
 #: The Redis the page names; the tests put their own server's URL in its place.
 DOC_REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from secure_servers import TLS_HOST, SecureRedisServer, make_certificates
-
-from servers import LOOPBACK, RedisServer, RedisServerError, SilentServer, no_retry
+from support.secure_servers import TLS_HOST, SecureRedisServer, make_certificates
+from support.servers import LOOPBACK, RedisServer, RedisServerError, SilentServer, no_retry
 
 
 def test_session_server_is_exported_as_redis_url(redis_server: RedisServer) -> None:

@@ -1,7 +1,7 @@
 """Settings for servers that meet clients which stop reading: the test site
 with the console's limits made short enough to show within a test."""
 
-from stream_settings import *  # noqa: F403
+from support.stream_settings import *  # noqa: F403
 
 REDIS_LOGSTREAM = {
     **REDIS_LOGSTREAM,  # noqa: F405

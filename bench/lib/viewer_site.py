@@ -31,14 +31,14 @@ from typing import IO, Any
 
 import redis
 
-from private_redis import free_port
+from bench.lib.private_redis import free_port
+from bench.lib.report import cpu_model
+from bench.lib.sse_load import MESSAGE
 from redis_logstream.console.fanout import FOLLOWER_NAME
 from redis_logstream.console.hubs import BACKLOG_NAME
-from report import cpu_model
-from sse_load import MESSAGE
 
-ROOT = Path(__file__).resolve().parent.parent
-ENTRY_POINT = Path(__file__).resolve().with_name("bench_viewers.py")
+ROOT = Path(__file__).resolve().parents[2]
+ENTRY_POINT = Path(__file__).resolve().parents[1] / "bench_viewers.py"
 LOOPBACK = "127.0.0.1"
 #: Client names of the benchmark's own connections (not the server's).
 OWN_PREFIX = "bench-"

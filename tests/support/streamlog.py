@@ -19,7 +19,7 @@ import redis
 
 from redis_logstream import RedisLogHandler, log_context
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Writer:

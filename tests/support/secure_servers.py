@@ -26,7 +26,7 @@ from urllib.parse import quote, urlencode
 
 import redis
 
-from servers import LOOPBACK, RedisServer, RedisServerError, no_retry
+from support.servers import LOOPBACK, RedisServer, RedisServerError, no_retry
 
 __all__ = [
     "ADMIN",
