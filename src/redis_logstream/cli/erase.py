@@ -20,7 +20,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from redis_logstream.reading.entries import _text
+from redis_logstream.reading.entries import _text, pages
 
 __all__ = ["PAGE", "Erasure", "erase_entries"]
 
@@ -36,12 +36,6 @@ class Erasure:
     key: Any
     scanned: int
     removed: int
-
-
-def _after(entry_id: Any) -> str:
-    """The smallest id after ``entry_id`` (XRANGE's exclusive ``(`` needs Redis 6.2)."""
-    millis, _, sequence = _text(entry_id).partition("-")
-    return f"{millis}-{int(sequence or 0) + 1}"
 
 
 def _needles(contexts: Collection[str]) -> tuple[bytes, ...]:
@@ -69,18 +63,11 @@ def _matches(fields: Any, contexts: Collection[str], needles: tuple[bytes, ...])
 
 
 def _pages(client: Any, key: Any, page: int) -> Iterator[list[Any]]:
+    """Pages up to the newest entry when the erasure starts: what is written
+    meanwhile is not read (the reader's paging, bounded at both ends)."""
     last = client.xrevrange(key, count=1)
-    if not last:
-        return
-    end = last[0][0]
-    start: Any = "-"
-    while True:
-        rows = client.xrange(key, min=start, max=end, count=page)
-        if rows:
-            yield rows
-        if len(rows) < page or rows[-1][0] == end:
-            return
-        start = _after(rows[-1][0])
+    if last:
+        yield from pages(client, key, "-", _text(last[0][0]), page)
 
 
 def erase_entries(

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LEVELS", "Entry", "EntryFilter", "decode_entry", "parse_level"]
+__all__ = ["LEVELS", "Entry", "EntryFilter", "decode_entry", "pages", "parse_level"]
 
 LEVELS: Mapping[str, int] = {
     "DEBUG": 10,
@@ -160,3 +160,15 @@ def parse_level(text: str) -> int:
     raise ValueError(
         f"unknown level {text!r}: use DEBUG, INFO, WARNING, ERROR, CRITICAL or a number"
     )
+
+
+def pages(client: Any, key: Any, low: str, high: str, page: int) -> Iterator[list[Any]]:
+    """The raw entries of ``key`` from ``low`` to ``high``, oldest first, one
+    XRANGE of at most ``page`` entries per list: one page in memory at a time."""
+    while True:
+        rows = client.xrange(key, low, high, count=page)
+        if rows:
+            yield rows
+        if len(rows) < page:
+            return
+        low = f"({_text(rows[-1][0])}"

@@ -38,7 +38,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from redis_logstream.naming import Names
-from redis_logstream.reading.entries import Entry, EntryFilter, decode_entry, parse_level
+from redis_logstream.reading.entries import Entry, EntryFilter, decode_entry, pages, parse_level
 from redis_logstream.redis import topology
 from redis_logstream.redis.connection import for_scheme
 from redis_logstream.redis.topology import connection_kwargs
@@ -251,16 +251,11 @@ class StreamReader:
         self, key: str, low: str, high: str, match: Callable[[Entry], bool] | None
     ) -> Iterator[Entry]:
         """The entries from ``low`` to ``high``, oldest first, a page per read."""
-        page = self.page
-        while True:
-            rows = self.client.xrange(key, low, high, count=page)
+        for rows in pages(self.client, key, low, high, self.page):
             for entry_id, fields in rows:
                 entry = decode_entry(entry_id, fields)
                 if match is None or match(entry):
                     yield entry
-            if len(rows) < page:
-                return
-            low = f"({_text(rows[-1][0])}"
 
     def follow(
         self,
